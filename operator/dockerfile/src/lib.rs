@@ -4,4 +4,10 @@
 //! build needs and in which order ([`planner`]). Everything here is pure: no I/O, no clock, no
 //! Kubernetes, so the controller, the stage executor and the CLI share one behaviour.
 
+pub mod instructions;
+pub mod parser;
+pub mod planner;
 pub mod shell;
+
+pub use instructions::{Dockerfile, InstructionError};
+pub use planner::{Plan, PlanError, PlanOptions};
