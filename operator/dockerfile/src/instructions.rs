@@ -374,7 +374,11 @@ pub struct InstructionError {
 
 impl InstructionError {
     fn at(node: &Node, kind: InstructionErrorKind) -> Self {
-        Self { kind, line: node.start_line, end_line: node.end_line }
+        Self {
+            kind,
+            line: node.start_line,
+            end_line: node.end_line,
+        }
     }
 
     /// A stable, machine-readable reason.
@@ -396,7 +400,11 @@ impl InstructionError {
 
 impl From<ParseError> for InstructionError {
     fn from(e: ParseError) -> Self {
-        Self { line: e.line, end_line: e.end_line, kind: InstructionErrorKind::Syntax(e) }
+        Self {
+            line: e.line,
+            end_line: e.end_line,
+            kind: InstructionErrorKind::Syntax(e),
+        }
     }
 }
 
@@ -419,7 +427,10 @@ impl fmt::Display for InstructionError {
             }
             K::DuplicateFlag(flag) => write!(f, "duplicate flag specified: --{flag}"),
             K::BadFlagValue { flag, message } => write!(f, "flag --{flag}: {message}"),
-            K::Arguments { instruction, message } => write!(f, "{instruction} {message}"),
+            K::Arguments {
+                instruction,
+                message,
+            } => write!(f, "{instruction} {message}"),
             K::InvalidStageName(n) => write!(
                 f,
                 "invalid stage name {n:?}: it must start with a letter and contain only \
@@ -443,13 +454,13 @@ impl Dockerfile {
             let keyword = node.keyword();
             if keyword == "from" {
                 let stage = read_from(node, stages.len())?;
-                if let Some(name) = &stage.name {
-                    if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
-                        return Err(InstructionError::at(
-                            node,
-                            InstructionErrorKind::DuplicateStageName(name.clone()),
-                        ));
-                    }
+                if let Some(name) = &stage.name
+                    && stages.iter().any(|s| s.name.as_deref() == Some(name))
+                {
+                    return Err(InstructionError::at(
+                        node,
+                        InstructionErrorKind::DuplicateStageName(name.clone()),
+                    ));
                 }
                 stages.push(stage);
                 continue;
@@ -508,7 +519,8 @@ fn args_error(node: &Node, message: impl Into<String>) -> InstructionError {
 fn valid_stage_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 fn read_from(node: &Node, index: usize) -> Result<Stage> {
@@ -526,9 +538,21 @@ fn read_from(node: &Node, index: usize) -> Result<Stage> {
             }
             (base.clone(), Some(lower))
         }
-        _ => return Err(args_error(node, "requires either one or three arguments: FROM <image> [AS <name>]")),
+        _ => {
+            return Err(args_error(
+                node,
+                "requires either one or three arguments: FROM <image> [AS <name>]",
+            ));
+        }
     };
-    Ok(Stage { index, name, base, platform, line: node.start_line, instructions: Vec::new() })
+    Ok(Stage {
+        index,
+        name,
+        base,
+        platform,
+        line: node.start_line,
+        instructions: Vec::new(),
+    })
 }
 
 fn command_line(node: &Node) -> CommandLine {
@@ -552,7 +576,10 @@ fn key_values(node: &Node) -> Result<Vec<KeyValue>> {
         })
         .collect::<Vec<_>>();
     if let Some(empty) = pairs.iter().find(|p| p.key.is_empty()) {
-        return Err(args_error(node, format!("has an empty name in {:?}", empty.value)));
+        return Err(args_error(
+            node,
+            format!("has an empty name in {:?}", empty.value),
+        ));
     }
     Ok(pairs)
 }
@@ -615,7 +642,11 @@ fn read_instruction(node: &Node) -> Result<Instruction> {
                     if name.is_empty() {
                         return Err(args_error(node, format!("has an empty name in {word:?}")));
                     }
-                    Ok(ArgDecl { name, default, line: node.start_line })
+                    Ok(ArgDecl {
+                        name,
+                        default,
+                        line: node.start_line,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Instruction::Arg(decls)
@@ -673,7 +704,10 @@ fn read_instruction(node: &Node) -> Result<Instruction> {
                 .unwrap_or_default()
                 .trim()
                 .to_string();
-            Instruction::Onbuild { expression, trigger: Box::new(trigger) }
+            Instruction::Onbuild {
+                expression,
+                trigger: Box::new(trigger),
+            }
         }
         "from" => return Err(args_error(node, "cannot be used here")),
         _ => {
@@ -688,7 +722,11 @@ fn read_instruction(node: &Node) -> Result<Instruction> {
 fn read_run(node: &Node) -> Result<Run> {
     let mut flags = Flags::read(
         node,
-        &[("mount", FlagKind::Many), ("network", FlagKind::Value), ("security", FlagKind::Value)],
+        &[
+            ("mount", FlagKind::Many),
+            ("network", FlagKind::Value),
+            ("security", FlagKind::Value),
+        ],
     )?;
     let command = command_line(node);
     if matches!(&command, CommandLine::Shell(s) if s.trim().is_empty())
@@ -707,7 +745,11 @@ fn read_run(node: &Node) -> Result<Run> {
         Some("none") => Some(NetworkMode::None),
         Some("host") => Some(NetworkMode::Host),
         Some(other) => {
-            return Err(bad_flag(node, "network", format!("unknown mode {other:?} (default, none or host)")));
+            return Err(bad_flag(
+                node,
+                "network",
+                format!("unknown mode {other:?} (default, none or host)"),
+            ));
         }
     };
     let security = match flags.value("security").as_deref() {
@@ -715,24 +757,51 @@ fn read_run(node: &Node) -> Result<Run> {
         Some("sandbox") => Some(SecurityMode::Sandbox),
         Some("insecure") => Some(SecurityMode::Insecure),
         Some(other) => {
-            return Err(bad_flag(node, "security", format!("unknown mode {other:?} (sandbox or insecure)")));
+            return Err(bad_flag(
+                node,
+                "security",
+                format!("unknown mode {other:?} (sandbox or insecure)"),
+            ));
         }
     };
-    Ok(Run { command, heredocs: node.heredocs.clone(), mounts, network, security })
+    Ok(Run {
+        command,
+        heredocs: node.heredocs.clone(),
+        mounts,
+        network,
+        security,
+    })
 }
 
 fn bad_flag(node: &Node, flag: &str, message: String) -> InstructionError {
-    InstructionError::at(node, InstructionErrorKind::BadFlagValue { flag: flag.to_string(), message })
+    InstructionError::at(
+        node,
+        InstructionErrorKind::BadFlagValue {
+            flag: flag.to_string(),
+            message,
+        },
+    )
 }
 
 fn bad_mount(node: &Node, mount: &str, message: String) -> InstructionError {
-    InstructionError::at(node, InstructionErrorKind::BadMount { mount: mount.to_string(), message })
+    InstructionError::at(
+        node,
+        InstructionErrorKind::BadMount {
+            mount: mount.to_string(),
+            message,
+        },
+    )
 }
 
 fn read_transfer(node: &Node, flags: &mut Flags) -> Result<Transfer> {
     let (dest, sources) = match node.args.split_last() {
         Some((dest, sources)) if !sources.is_empty() => (dest.clone(), sources.to_vec()),
-        _ => return Err(args_error(node, "requires at least two arguments: <source>... <dest>")),
+        _ => {
+            return Err(args_error(
+                node,
+                "requires at least two arguments: <source>... <dest>",
+            ));
+        }
     };
     let heredoc_names: Vec<&str> = node.heredocs.iter().map(|h| h.name.as_str()).collect();
     let sources = sources
@@ -756,9 +825,14 @@ fn read_transfer(node: &Node, flags: &mut Flags) -> Result<Transfer> {
 
 /// The delimiter named by a `<<EOF` source word, if it is one.
 fn parser_heredoc_name(word: &str) -> Option<String> {
-    let rest = word.trim_start_matches(|c: char| c.is_ascii_digit()).strip_prefix("<<")?;
+    let rest = word
+        .trim_start_matches(|c: char| c.is_ascii_digit())
+        .strip_prefix("<<")?;
     let rest = rest.strip_prefix('-').unwrap_or(rest);
-    let name: String = rest.chars().filter(|c| !matches!(c, '\'' | '"' | '\\')).collect();
+    let name: String = rest
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '"' | '\\'))
+        .collect();
     (!name.is_empty()).then_some(name)
 }
 
@@ -778,7 +852,11 @@ fn read_copy(node: &Node) -> Result<Copy> {
     let from = flags.value("from");
     if let Some(from) = &from {
         if from.is_empty() {
-            return Err(bad_flag(node, "from", "needs a stage name, a stage index or an image".into()));
+            return Err(bad_flag(
+                node,
+                "from",
+                "needs a stage name, a stage index or an image".into(),
+            ));
         }
         if from.contains('$') {
             return Err(bad_flag(
@@ -806,7 +884,11 @@ fn read_add(node: &Node) -> Result<Add> {
         ],
     )?;
     let transfer = read_transfer(node, &mut flags)?;
-    let unpack = if flags.present("unpack") { Some(flags.boolean(node, "unpack")?) } else { None };
+    let unpack = if flags.present("unpack") {
+        Some(flags.boolean(node, "unpack")?)
+    } else {
+        None
+    };
     Ok(Add {
         transfer,
         keep_git_dir: flags.boolean(node, "keep-git-dir")?,
@@ -836,7 +918,10 @@ fn read_healthcheck(node: &Node) -> Result<Healthcheck> {
         return Ok(Healthcheck::None);
     }
     if !kind.eq_ignore_ascii_case("cmd") {
-        return Err(args_error(node, format!("has unknown type {kind:?} (use CMD or NONE)")));
+        return Err(args_error(
+            node,
+            format!("has unknown type {kind:?} (use CMD or NONE)"),
+        ));
     }
     let command = if node.json {
         CommandLine::Exec(node.args[1..].to_vec())
@@ -860,9 +945,24 @@ fn read_healthcheck(node: &Node) -> Result<Healthcheck> {
     let start_interval_ns = duration("start-interval")?;
     let retries = flags
         .value("retries")
-        .map(|v| v.parse::<u32>().map_err(|_| bad_flag(node, "retries", format!("{v:?} is not a non-negative whole number"))))
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| {
+                bad_flag(
+                    node,
+                    "retries",
+                    format!("{v:?} is not a non-negative whole number"),
+                )
+            })
+        })
         .transpose()?;
-    Ok(Healthcheck::Check { command, interval_ns, timeout_ns, start_period_ns, start_interval_ns, retries })
+    Ok(Healthcheck::Check {
+        command,
+        interval_ns,
+        timeout_ns,
+        start_period_ns,
+        start_interval_ns,
+        retries,
+    })
 }
 
 /// Parses a Go duration (`1m30s`, `500ms`, `0`) into nanoseconds.
@@ -877,13 +977,17 @@ pub fn parse_duration(text: &str) -> std::result::Result<u64, String> {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(bad());
         }
         let number: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,
@@ -933,7 +1037,11 @@ fn parse_mount(text: &str) -> std::result::Result<Mount, String> {
                 "tmpfs" => MountType::Tmpfs,
                 "secret" => MountType::Secret,
                 "ssh" => MountType::Ssh,
-                other => return Err(format!("unknown mount type {other:?} (bind, cache, tmpfs, secret or ssh)")),
+                other => {
+                    return Err(format!(
+                        "unknown mount type {other:?} (bind, cache, tmpfs, secret or ssh)"
+                    ));
+                }
             };
         }
     }
@@ -942,33 +1050,50 @@ fn parse_mount(text: &str) -> std::result::Result<Mount, String> {
         "false" | "0" => Ok(false),
         _ => Err(format!("{key} expects true or false, not {v:?}")),
     };
-    let parse_u32 = |key: &str, v: &str| v.parse::<u32>().map_err(|_| format!("{key} expects a number, not {v:?}"));
+    let parse_u32 = |key: &str, v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| format!("{key} expects a number, not {v:?}"))
+    };
     for field in &fields {
         let (key, value) = match field.split_once('=') {
             Some((k, v)) => (k.to_ascii_lowercase(), Some(v)),
             None => (field.to_ascii_lowercase(), None),
         };
-        let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| format!("{key} needs a value"));
+        let need = |v: Option<&str>| {
+            v.map(str::to_string)
+                .ok_or_else(|| format!("{key} needs a value"))
+        };
         match key.as_str() {
             "type" => {}
             "target" | "dst" | "destination" => mount.target = Some(need(value)?),
             "source" | "src" => mount.source = Some(need(value)?),
             "from" => mount.from = Some(need(value)?),
             "id" => mount.id = Some(need(value)?),
-            "readonly" | "ro" => mount.readonly = Some(value.map_or(Ok(true), |v| parse_bool(&key, v))?),
-            "readwrite" | "rw" => mount.readonly = Some(!value.map_or(Ok(true), |v| parse_bool(&key, v))?),
+            "readonly" | "ro" => {
+                mount.readonly = Some(value.map_or(Ok(true), |v| parse_bool(&key, v))?)
+            }
+            "readwrite" | "rw" => {
+                mount.readonly = Some(!value.map_or(Ok(true), |v| parse_bool(&key, v))?)
+            }
             "required" => mount.required = Some(value.map_or(Ok(true), |v| parse_bool(&key, v))?),
             "sharing" => {
                 mount.sharing = Some(match need(value)?.as_str() {
                     "shared" => Sharing::Shared,
                     "private" => Sharing::Private,
                     "locked" => Sharing::Locked,
-                    other => return Err(format!("unknown sharing mode {other:?} (shared, private or locked)")),
+                    other => {
+                        return Err(format!(
+                            "unknown sharing mode {other:?} (shared, private or locked)"
+                        ));
+                    }
                 })
             }
             "mode" => {
                 let v = need(value)?;
-                mount.mode = Some(u32::from_str_radix(&v, 8).map_err(|_| format!("mode expects an octal number, not {v:?}"))?);
+                mount.mode = Some(
+                    u32::from_str_radix(&v, 8)
+                        .map_err(|_| format!("mode expects an octal number, not {v:?}"))?,
+                );
             }
             "uid" => mount.uid = Some(parse_u32("uid", &need(value)?)?),
             "gid" => mount.gid = Some(parse_u32("gid", &need(value)?)?),
@@ -979,7 +1104,9 @@ fn parse_mount(text: &str) -> std::result::Result<Mount, String> {
     }
     let allowed: &[&str] = match mount.kind {
         MountType::Bind => &["target", "source", "from", "readonly"],
-        MountType::Cache => &["target", "source", "from", "id", "sharing", "readonly", "mode", "uid", "gid"],
+        MountType::Cache => &[
+            "target", "source", "from", "id", "sharing", "readonly", "mode", "uid", "gid",
+        ],
         MountType::Tmpfs => &["target", "size"],
         MountType::Secret => &["target", "id", "required", "mode", "uid", "gid", "env"],
         MountType::Ssh => &["target", "id", "required", "mode", "uid", "gid"],
@@ -1000,11 +1127,18 @@ fn parse_mount(text: &str) -> std::result::Result<Mount, String> {
     if let Some((key, _)) = present.iter().find(|(k, set)| *set && !allowed.contains(k)) {
         return Err(format!("{key} is not valid for a {:?} mount", mount.kind).to_lowercase());
     }
-    let needs_target = matches!(mount.kind, MountType::Bind | MountType::Cache | MountType::Tmpfs);
+    let needs_target = matches!(
+        mount.kind,
+        MountType::Bind | MountType::Cache | MountType::Tmpfs
+    );
     if needs_target && mount.target.is_none() {
         return Err("target is required (e.g. target=/root/.cache)".into());
     }
-    if mount.kind == MountType::Secret && mount.id.is_none() && mount.target.is_none() && mount.env.is_none() {
+    if mount.kind == MountType::Secret
+        && mount.id.is_none()
+        && mount.target.is_none()
+        && mount.env.is_none()
+    {
         return Err("a secret mount needs id, target or env".into());
     }
     Ok(mount)
@@ -1031,7 +1165,11 @@ fn csv_fields(text: &str) -> std::result::Result<Vec<String>, String> {
         return Err("unterminated quote".into());
     }
     fields.push(field);
-    Ok(fields.into_iter().map(|f| f.trim().to_string()).filter(|f| !f.is_empty()).collect())
+    Ok(fields
+        .into_iter()
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1069,7 +1207,10 @@ impl Flags {
                 ));
             };
             if *kind != FlagKind::Many && given.iter().any(|(n, _)| *n == name) {
-                return Err(InstructionError::at(node, InstructionErrorKind::DuplicateFlag(name)));
+                return Err(InstructionError::at(
+                    node,
+                    InstructionErrorKind::DuplicateFlag(name),
+                ));
             }
             if *kind != FlagKind::Bool && value.is_none() {
                 return Err(bad_flag(node, &name, "needs a value (--name=value)".into()));
@@ -1084,11 +1225,18 @@ impl Flags {
     }
 
     fn value(&mut self, name: &str) -> Option<String> {
-        self.given.iter().find(|(n, _)| n == name).and_then(|(_, v)| v.clone())
+        self.given
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.clone())
     }
 
     fn values(&mut self, name: &str) -> Vec<String> {
-        self.given.iter().filter(|(n, _)| n == name).filter_map(|(_, v)| v.clone()).collect()
+        self.given
+            .iter()
+            .filter(|(n, _)| n == name)
+            .filter_map(|(_, v)| v.clone())
+            .collect()
     }
 
     fn boolean(&mut self, node: &Node, name: &str) -> Result<bool> {
@@ -1098,7 +1246,11 @@ impl Flags {
             Some((_, Some(v))) => match v.to_ascii_lowercase().as_str() {
                 "true" => Ok(true),
                 "false" => Ok(false),
-                _ => Err(bad_flag(node, name, format!("expects true or false, not {v:?}"))),
+                _ => Err(bad_flag(
+                    node,
+                    name,
+                    format!("expects true or false, not {v:?}"),
+                )),
             },
         }
     }
@@ -1114,13 +1266,18 @@ mod tests {
 
     #[test]
     fn stages_and_global_args() {
-        let d = Dockerfile::parse("ARG V=1\nFROM alpine:$V AS Build\nRUN make\nFROM scratch\nCOPY --from=build /a /a\n").unwrap();
+        let d = Dockerfile::parse(
+            "ARG V=1\nFROM alpine:$V AS Build\nRUN make\nFROM scratch\nCOPY --from=build /a /a\n",
+        )
+        .unwrap();
         assert_eq!(d.global_args.len(), 1);
         assert_eq!(d.global_args[0].default.as_deref(), Some("1"));
         assert_eq!(d.stages.len(), 2);
         assert_eq!(d.stages[0].name.as_deref(), Some("build"));
         assert_eq!(d.stages[0].base, "alpine:$V");
-        let Instruction::Copy(copy) = &d.stages[1].instructions[0].instruction else { panic!() };
+        let Instruction::Copy(copy) = &d.stages[1].instructions[0].instruction else {
+            panic!()
+        };
         assert_eq!(copy.from.as_deref(), Some("build"));
         assert_eq!(d.stages[1].instructions[0].line, 5);
     }
@@ -1150,7 +1307,10 @@ mod tests {
     fn from_argument_count_and_names() {
         assert_eq!(err("FROM a b\n").reason(), "BadArguments");
         assert_eq!(err("FROM a AS 1x\n").reason(), "InvalidStageName");
-        assert_eq!(err("FROM a AS x\nFROM b AS X\n").reason(), "DuplicateStageName");
+        assert_eq!(
+            err("FROM a AS x\nFROM b AS X\n").reason(),
+            "DuplicateStageName"
+        );
     }
 
     #[test]
@@ -1164,7 +1324,9 @@ mod tests {
     fn copy_needs_two_arguments_and_heredoc_sources() {
         assert_eq!(err("FROM a\nCOPY onlyone\n").reason(), "BadArguments");
         let d = Dockerfile::parse("FROM a\nCOPY <<EOF /etc/x\nhello\nEOF\n").unwrap();
-        let Instruction::Copy(c) = &d.stages[0].instructions[0].instruction else { panic!() };
+        let Instruction::Copy(c) = &d.stages[0].instructions[0].instruction else {
+            panic!()
+        };
         assert_eq!(c.transfer.sources, vec!["EOF"]);
         assert_eq!(c.transfer.heredocs[0].content, "hello\n");
     }
@@ -1177,7 +1339,9 @@ mod tests {
              --mount=type=tmpfs,target=/tmp,size=64m --mount=type=ssh --network=none --security=sandbox make\n",
         )
         .unwrap();
-        let Instruction::Run(run) = &d.stages[0].instructions[0].instruction else { panic!() };
+        let Instruction::Run(run) = &d.stages[0].instructions[0].instruction else {
+            panic!()
+        };
         assert_eq!(run.mounts.len(), 5);
         assert_eq!(run.mounts[0].kind, MountType::Cache);
         assert_eq!(run.mounts[0].sharing, Some(Sharing::Locked));
@@ -1189,24 +1353,47 @@ mod tests {
 
     #[test]
     fn bad_mounts() {
-        assert_eq!(err("FROM a\nRUN --mount=type=cache x\n").reason(), "BadMount");
-        assert_eq!(err("FROM a\nRUN --mount=type=nope,target=/x x\n").reason(), "BadMount");
-        assert_eq!(err("FROM a\nRUN --mount=type=tmpfs,target=/x,from=y x\n").reason(), "BadMount");
-        assert!(err("FROM a\nRUN --mount=target=/x,bogus=1 x\n").to_string().contains("bogus"));
+        assert_eq!(
+            err("FROM a\nRUN --mount=type=cache x\n").reason(),
+            "BadMount"
+        );
+        assert_eq!(
+            err("FROM a\nRUN --mount=type=nope,target=/x x\n").reason(),
+            "BadMount"
+        );
+        assert_eq!(
+            err("FROM a\nRUN --mount=type=tmpfs,target=/x,from=y x\n").reason(),
+            "BadMount"
+        );
+        assert!(
+            err("FROM a\nRUN --mount=target=/x,bogus=1 x\n")
+                .to_string()
+                .contains("bogus")
+        );
     }
 
     #[test]
     fn healthcheck_forms() {
-        let d = Dockerfile::parse("FROM a\nHEALTHCHECK --interval=1m30s --retries=3 CMD curl -f x\nHEALTHCHECK NONE\n").unwrap();
-        let Instruction::Healthcheck(Healthcheck::Check { interval_ns, retries, command, .. }) =
-            &d.stages[0].instructions[0].instruction
+        let d = Dockerfile::parse(
+            "FROM a\nHEALTHCHECK --interval=1m30s --retries=3 CMD curl -f x\nHEALTHCHECK NONE\n",
+        )
+        .unwrap();
+        let Instruction::Healthcheck(Healthcheck::Check {
+            interval_ns,
+            retries,
+            command,
+            ..
+        }) = &d.stages[0].instructions[0].instruction
         else {
             panic!()
         };
         assert_eq!(*interval_ns, Some(90_000_000_000));
         assert_eq!(*retries, Some(3));
         assert_eq!(command, &CommandLine::Shell("curl -f x".into()));
-        assert_eq!(err("FROM a\nHEALTHCHECK --interval=1x CMD x\n").reason(), "BadFlagValue");
+        assert_eq!(
+            err("FROM a\nHEALTHCHECK --interval=1x CMD x\n").reason(),
+            "BadFlagValue"
+        );
         assert_eq!(err("FROM a\nHEALTHCHECK PING x\n").reason(), "BadArguments");
     }
 
@@ -1219,7 +1406,10 @@ mod tests {
     fn onbuild_rejects_from() {
         assert_eq!(err("FROM a\nONBUILD FROM b\n").reason(), "BadArguments");
         let d = Dockerfile::parse("FROM a\nONBUILD RUN echo hi\n").unwrap();
-        let Instruction::Onbuild { expression, .. } = &d.stages[0].instructions[0].instruction else { panic!() };
+        let Instruction::Onbuild { expression, .. } = &d.stages[0].instructions[0].instruction
+        else {
+            panic!()
+        };
         assert_eq!(expression, "RUN echo hi");
     }
 
@@ -1231,8 +1421,13 @@ mod tests {
     #[test]
     fn bool_flags() {
         let d = Dockerfile::parse("FROM a\nCOPY --link=false --parents a b\nADD --keep-git-dir --checksum=sha256:ab https://x/y /z\n").unwrap();
-        let Instruction::Copy(c) = &d.stages[0].instructions[0].instruction else { panic!() };
+        let Instruction::Copy(c) = &d.stages[0].instructions[0].instruction else {
+            panic!()
+        };
         assert!(!c.transfer.link && c.transfer.parents);
-        assert_eq!(err("FROM a\nCOPY --link=maybe a b\n").reason(), "BadFlagValue");
+        assert_eq!(
+            err("FROM a\nCOPY --link=maybe a b\n").reason(),
+            "BadFlagValue"
+        );
     }
 }

@@ -173,7 +173,10 @@ impl fmt::Display for ParseError {
                 write!(f, "invalid escape token '{e}': it must be ` or \\")
             }
             ParseErrorKind::UnterminatedHeredoc(n) => {
-                write!(f, "unterminated heredoc: no line reads {n:?} before the end of the file")
+                write!(
+                    f,
+                    "unterminated heredoc: no line reads {n:?} before the end of the file"
+                )
             }
             ParseErrorKind::JsonNotStrings => write!(
                 f,
@@ -199,7 +202,12 @@ struct Directives {
 
 impl Directives {
     fn new() -> Self {
-        Self { escape: '\\', syntax: None, seen: Vec::new(), done: false }
+        Self {
+            escape: '\\',
+            syntax: None,
+            seen: Vec::new(),
+            done: false,
+        }
     }
 
     /// Looks at one raw line while directives may still appear; the first line that is not a
@@ -267,7 +275,9 @@ fn trim_newline(line: &str) -> &str {
 }
 
 fn is_comment(line: &str) -> bool {
-    trim_newline(line).trim_start_matches(is_space).starts_with('#')
+    trim_newline(line)
+        .trim_start_matches(is_space)
+        .starts_with('#')
 }
 
 /// Removes a trailing line-continuation escape. The escape continues the line when it is the
@@ -300,7 +310,11 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
     let mut warnings = Vec::new();
     let mut comments: Vec<String> = Vec::new();
     let mut i = 0;
-    let err = |kind, line, end_line| ParseError { kind, line, end_line };
+    let err = |kind, line, end_line| ParseError {
+        kind,
+        line,
+        end_line,
+    };
 
     while i < lines.len() {
         let raw = lines[i];
@@ -311,7 +325,9 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
             comments.push(trimmed[1..].trim().to_string());
         }
         let first = trim_newline(raw).trim_start_matches(is_space);
-        directives.observe(first).map_err(|k| err(k, line_no, line_no))?;
+        directives
+            .observe(first)
+            .map_err(|k| err(k, line_no, line_no))?;
         let first = if first.starts_with('#') { "" } else { first };
         let (mut line, mut end_of_line) = trim_continuation(first, directives.escape);
         if end_of_line && line.is_empty() {
@@ -375,9 +391,18 @@ pub fn parse(text: &str) -> Result<Parsed, ParseError> {
         nodes.push(node);
     }
     if nodes.is_empty() {
-        return Err(err(ParseErrorKind::NoInstructions, lines.len(), lines.len()));
+        return Err(err(
+            ParseErrorKind::NoInstructions,
+            lines.len(),
+            lines.len(),
+        ));
     }
-    Ok(Parsed { nodes, escape: directives.escape, syntax: directives.syntax, warnings })
+    Ok(Parsed {
+        nodes,
+        escape: directives.escape,
+        syntax: directives.syntax,
+        warnings,
+    })
 }
 
 fn can_contain_heredoc(node: &Node) -> bool {
@@ -390,7 +415,10 @@ fn can_contain_heredoc(node: &Node) -> bool {
 
 /// Finds the heredoc markers (`<<EOF`, `<<-"EOF"`, `3<<EOF`) among the words of a line.
 fn heredocs_in(line: &str) -> Vec<Heredoc> {
-    raw_words(line).iter().filter_map(|w| heredoc_marker(w)).collect()
+    raw_words(line)
+        .iter()
+        .filter_map(|w| heredoc_marker(w))
+        .collect()
 }
 
 /// Splits a line into words at unquoted whitespace, keeping quotes and escapes as written.
@@ -405,10 +433,11 @@ fn raw_words(line: &str) -> Vec<String> {
                 word.push(c);
                 if c == q {
                     quote = None;
-                } else if c == '\\' && q == '"' {
-                    if let Some(n) = chars.next() {
-                        word.push(n);
-                    }
+                } else if c == '\\'
+                    && q == '"'
+                    && let Some(n) = chars.next()
+                {
+                    word.push(n);
                 }
             }
             None if c.is_whitespace() => {
@@ -420,10 +449,10 @@ fn raw_words(line: &str) -> Vec<String> {
                 word.push(c);
                 if c == '\'' || c == '"' {
                     quote = Some(c);
-                } else if c == '\\' {
-                    if let Some(n) = chars.next() {
-                        word.push(n);
-                    }
+                } else if c == '\\'
+                    && let Some(n) = chars.next()
+                {
+                    word.push(n);
                 }
             }
         }
@@ -494,7 +523,12 @@ fn node_from_line(line: &str, escape: char) -> Result<Node, ParseErrorKind> {
     };
     let (args_text, flags) = extract_flags(rest);
     let args_text = args_text.trim_matches(is_space);
-    let mut node = Node { value: cmd.to_string(), flags, original: line.to_string(), ..Node::default() };
+    let mut node = Node {
+        value: cmd.to_string(),
+        flags,
+        original: line.to_string(),
+        ..Node::default()
+    };
     match cmd.to_ascii_lowercase().as_str() {
         "add" | "copy" | "volume" => maybe_json_to_list(args_text, &mut node)?,
         "arg" => node.args = parse_words(args_text, escape),
@@ -663,7 +697,12 @@ fn parse_words(rest: &str, escape: char) -> Vec<String> {
 
 /// `ENV`/`LABEL`: either the old `key value…` form (value is the rest of the line) or a list
 /// of `key=value` words. Each pair becomes three arguments: key, value, separator.
-fn parse_name_val(rest: &str, what: &str, escape: char, node: &mut Node) -> Result<(), ParseErrorKind> {
+fn parse_name_val(
+    rest: &str,
+    what: &str,
+    escape: char,
+    node: &mut Node,
+) -> Result<(), ParseErrorKind> {
     let words = parse_words(rest, escape);
     let Some(first) = words.first() else {
         return Ok(());
@@ -681,7 +720,8 @@ fn parse_name_val(rest: &str, what: &str, escape: char, node: &mut Node) -> Resu
         let Some((key, value)) = word.split_once('=') else {
             return Err(ParseErrorKind::MissingEquals(word));
         };
-        node.args.extend([key.to_string(), value.to_string(), "=".to_string()]);
+        node.args
+            .extend([key.to_string(), value.to_string(), "=".to_string()]);
     }
     Ok(())
 }
@@ -690,7 +730,10 @@ fn whitespace_list(rest: &str) -> Vec<String> {
     if rest.is_empty() {
         return Vec::new();
     }
-    rest.split(is_blank).filter(|s| !s.is_empty()).map(str::to_string).collect()
+    rest.split(is_blank)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Reads a JSON array of strings at the start of `rest`. Like BuildKit (Go's streaming JSON
@@ -802,7 +845,10 @@ mod tests {
 
     #[test]
     fn heredocs_are_collected_with_their_bodies() {
-        let p = parse("FROM x\nRUN <<EOF bash\necho hi\nEOF\nCOPY <<-'A' <<B /dst/\n\tone\n\tA\ntwo\nB\n").unwrap();
+        let p = parse(
+            "FROM x\nRUN <<EOF bash\necho hi\nEOF\nCOPY <<-'A' <<B /dst/\n\tone\n\tA\ntwo\nB\n",
+        )
+        .unwrap();
         let run = &p.nodes[1];
         assert_eq!(run.heredocs.len(), 1);
         assert_eq!(run.heredocs[0].content, "echo hi\n");

@@ -41,7 +41,11 @@ pub struct Platform {
 
 impl Default for Platform {
     fn default() -> Self {
-        Self { os: "linux".into(), arch: "amd64".into(), variant: String::new() }
+        Self {
+            os: "linux".into(),
+            arch: "amd64".into(),
+            variant: String::new(),
+        }
     }
 }
 
@@ -128,7 +132,9 @@ pub struct PlannedStage {
 impl PlannedStage {
     /// The name to show people: the stage name, or its index.
     pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("stage-{}", self.index))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{}", self.index))
     }
 }
 
@@ -288,12 +294,12 @@ pub fn plan(dockerfile: &Dockerfile, options: &PlanOptions) -> Result<Plan, Plan
     let mut needed = vec![false; stages.len()];
     let mut stack: Vec<usize> = targets.clone();
     while let Some(i) = stack.pop() {
-        if let Some(flag) = needed.get_mut(i) {
-            if !*flag {
-                *flag = true;
-                if let Some(s) = stages.get(i) {
-                    stack.extend(s.depends_on.iter().copied());
-                }
+        if let Some(flag) = needed.get_mut(i)
+            && !*flag
+        {
+            *flag = true;
+            if let Some(s) = stages.get(i) {
+                stack.extend(s.depends_on.iter().copied());
             }
         }
     }
@@ -333,14 +339,24 @@ pub fn plan(dockerfile: &Dockerfile, options: &PlanOptions) -> Result<Plan, Plan
                 })
             });
         if !declared && !PREDEFINED_ARGS.contains(&name.as_str()) {
-            warnings.push(format!("build argument {name} is not declared by any ARG and was not used"));
+            warnings.push(format!(
+                "build argument {name} is not declared by any ARG and was not used"
+            ));
         }
     }
-    Ok(Plan { stages, targets, waves, warnings })
+    Ok(Plan {
+        stages,
+        targets,
+        waves,
+        warnings,
+    })
 }
 
 fn stage_label(stage: &Stage) -> String {
-    stage.name.clone().unwrap_or_else(|| format!("{}", stage.index))
+    stage
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}", stage.index))
 }
 
 fn plan_stage(
@@ -350,11 +366,13 @@ fn plan_stage(
     env: &[(String, String)],
 ) -> Result<PlannedStage, PlanError> {
     let expand = |text: &str| {
-        lex.process_word(text, &Pairs(env)).map(|e| e.value).map_err(|e| PlanError::Expansion {
-            line: stage.line,
-            text: text.to_string(),
-            message: e.to_string(),
-        })
+        lex.process_word(text, &Pairs(env))
+            .map(|e| e.value)
+            .map_err(|e| PlanError::Expansion {
+                line: stage.line,
+                text: text.to_string(),
+                message: e.to_string(),
+            })
     };
     let written = expand(&stage.base)?;
     let base_name = written.trim().to_string();
@@ -430,9 +448,18 @@ fn plan_stage(
 }
 
 /// Resolves a `--from` value: a stage name, a stage index, or else an image reference.
-fn reference(dockerfile: &Dockerfile, stage: &Stage, from: &str, line: usize) -> Result<Reference, PlanError> {
+fn reference(
+    dockerfile: &Dockerfile,
+    stage: &Stage,
+    from: &str,
+    line: usize,
+) -> Result<Reference, PlanError> {
     let lower = from.to_ascii_lowercase();
-    if let Some(found) = dockerfile.stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())) {
+    if let Some(found) = dockerfile
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
         if found.index < stage.index {
             return Ok(Reference::Stage(found.index));
         }
@@ -440,7 +467,11 @@ fn reference(dockerfile: &Dockerfile, stage: &Stage, from: &str, line: usize) ->
             stage: stage_label(stage),
             line,
             reference: stage_label(found),
-            relation: if found.index == stage.index { "itself" } else { "defined later" },
+            relation: if found.index == stage.index {
+                "itself"
+            } else {
+                "defined later"
+            },
         });
     }
     if !from.is_empty() && from.chars().all(|c| c.is_ascii_digit()) {
@@ -452,7 +483,11 @@ fn reference(dockerfile: &Dockerfile, stage: &Stage, from: &str, line: usize) ->
                 reference: from.to_string(),
                 relation: "itself",
             }),
-            _ => Err(PlanError::BadIndex { stage: stage_label(stage), line, index: from.to_string() }),
+            _ => Err(PlanError::BadIndex {
+                stage: stage_label(stage),
+                line,
+                index: from.to_string(),
+            }),
         };
     }
     Ok(Reference::Image(from.to_string()))
@@ -465,14 +500,25 @@ fn resolve_targets(dockerfile: &Dockerfile, asked: &[String]) -> Result<Vec<usiz
     let mut out = Vec::new();
     for target in asked {
         let lower = target.to_ascii_lowercase();
-        let Some(stage) = dockerfile.stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())) else {
-            let names: Vec<String> = dockerfile.stages.iter().filter_map(|s| s.name.clone()).collect();
+        let Some(stage) = dockerfile
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+        else {
+            let names: Vec<String> = dockerfile
+                .stages
+                .iter()
+                .filter_map(|s| s.name.clone())
+                .collect();
             let available = if names.is_empty() {
                 "all unnamed (name a stage with FROM … AS <name>)".to_string()
             } else {
                 names.join(", ")
             };
-            return Err(PlanError::UnknownTarget { target: target.clone(), available });
+            return Err(PlanError::UnknownTarget {
+                target: target.clone(),
+                available,
+            });
         };
         if !out.contains(&stage.index) {
             out.push(stage.index);
@@ -486,8 +532,12 @@ impl Plan {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         let needed = self.stages.iter().filter(|s| s.needed).count();
-        let targets: Vec<String> =
-            self.targets.iter().filter_map(|t| self.stages.get(*t)).map(PlannedStage::label).collect();
+        let targets: Vec<String> = self
+            .targets
+            .iter()
+            .filter_map(|t| self.stages.get(*t))
+            .map(PlannedStage::label)
+            .collect();
         out.push_str(&format!(
             "{} stage(s), {} needed for target(s) {}, in {} wave(s)\n",
             self.stages.len(),
@@ -498,17 +548,29 @@ impl Plan {
         for (w, wave) in self.waves.iter().enumerate() {
             out.push_str(&format!("wave {w}\n"));
             for (k, index) in wave.iter().enumerate() {
-                let Some(stage) = self.stages.get(*index) else { continue };
-                let branch = if k + 1 == wave.len() { "└─" } else { "├─" };
+                let Some(stage) = self.stages.get(*index) else {
+                    continue;
+                };
+                let branch = if k + 1 == wave.len() {
+                    "└─"
+                } else {
+                    "├─"
+                };
                 let base = match &stage.base {
                     Base::Image(i) => format!("from image {i}"),
                     Base::Stage(s) => format!(
                         "from stage {}",
-                        self.stages.get(*s).map_or_else(|| s.to_string(), PlannedStage::label)
+                        self.stages
+                            .get(*s)
+                            .map_or_else(|| s.to_string(), PlannedStage::label)
                     ),
                     Base::Scratch => "from scratch".to_string(),
                 };
-                out.push_str(&format!("{branch} [{}] {} ({base})", stage.index, stage.label()));
+                out.push_str(&format!(
+                    "{branch} [{}] {} ({base})",
+                    stage.index,
+                    stage.label()
+                ));
                 let deps: Vec<String> = stage
                     .depends_on
                     .iter()
@@ -528,7 +590,12 @@ impl Plan {
                 out.push('\n');
             }
         }
-        let skipped: Vec<String> = self.stages.iter().filter(|s| !s.needed).map(PlannedStage::label).collect();
+        let skipped: Vec<String> = self
+            .stages
+            .iter()
+            .filter(|s| !s.needed)
+            .map(PlannedStage::label)
+            .collect();
         if !skipped.is_empty() {
             out.push_str(&format!("not needed: {}\n", skipped.join(", ")));
         }
@@ -541,7 +608,11 @@ struct Pairs<'a>(&'a [(String, String)]);
 
 impl Env for Pairs<'_> {
     fn lookup(&self, name: &str) -> Option<&str> {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -550,7 +621,10 @@ mod tests {
     use super::*;
 
     fn plan_of(text: &str, targets: &[&str]) -> Result<Plan, PlanError> {
-        let options = PlanOptions { targets: targets.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let options = PlanOptions {
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         plan_text(text, &options)
     }
 
@@ -568,7 +642,10 @@ mod tests {
     fn shared_base_with_test_and_prod() {
         let text = "FROM alpine AS base\nRUN apk add x\nFROM base AS test\nRUN make test\nFROM base AS prod\nCMD run\n";
         let p = plan_of(text, &["prod"]).unwrap();
-        assert_eq!(p.stages.iter().map(|s| s.needed).collect::<Vec<_>>(), vec![true, false, true]);
+        assert_eq!(
+            p.stages.iter().map(|s| s.needed).collect::<Vec<_>>(),
+            vec![true, false, true]
+        );
         assert_eq!(p.waves, vec![vec![0], vec![2]]);
         let both = plan_of(text, &["TEST", "prod"]).unwrap();
         assert_eq!(both.targets, vec![1, 2]);
@@ -585,7 +662,11 @@ mod tests {
 
     #[test]
     fn external_images_in_copy_from() {
-        let p = plan_of("FROM scratch\nCOPY --from=nginx:1.27 /etc/nginx /etc/nginx\n", &[]).unwrap();
+        let p = plan_of(
+            "FROM scratch\nCOPY --from=nginx:1.27 /etc/nginx /etc/nginx\n",
+            &[],
+        )
+        .unwrap();
         assert_eq!(p.stages[0].images, vec!["nginx:1.27"]);
         assert!(p.stages[0].depends_on.is_empty());
     }
@@ -594,7 +675,10 @@ mod tests {
     fn unknown_target_lists_stages() {
         let e = plan_of("FROM a AS x\nFROM b AS y\n", &["z"]).unwrap_err();
         assert_eq!(e.reason(), "UnknownTarget");
-        assert!(e.to_string().contains("\"z\"") && e.to_string().contains("x, y"), "{e}");
+        assert!(
+            e.to_string().contains("\"z\"") && e.to_string().contains("x, y"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -603,7 +687,10 @@ mod tests {
         assert_eq!(e.reason(), "ForwardReference");
         assert!(e.to_string().contains("itself"));
         let e = plan_of("FROM a AS x\nCOPY --from=y / /\nFROM b AS y\n", &[]).unwrap_err();
-        assert!(e.to_string().contains("defined later") && e.to_string().contains("line 2"), "{e}");
+        assert!(
+            e.to_string().contains("defined later") && e.to_string().contains("line 2"),
+            "{e}"
+        );
         let e = plan_of("FROM later AS x\nFROM b AS later\n", &[]).unwrap_err();
         assert_eq!(e.reason(), "ForwardReference");
         let e = plan_of("FROM a\nCOPY --from=5 / /\n", &[]).unwrap_err();

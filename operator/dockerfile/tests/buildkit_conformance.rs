@@ -2,6 +2,9 @@
 //! vectors (kept in `../shared/conformance/buildkit`, or `$STAGECOACH_BUILDKIT_TESTFILES`)
 //! against this crate, prints one summary line and fails unless every case passes.
 
+// Test helpers outside #[test] functions may fail loudly too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 #[path = "conformance/outcome.rs"]
 mod outcome;
 #[path = "conformance/parser_files.rs"]
@@ -34,7 +37,11 @@ fn buildkit_conformance() {
         );
         return;
     };
-    assert!(dir.is_dir(), "conformance folder {} does not exist", dir.display());
+    assert!(
+        dir.is_dir(),
+        "conformance folder {} does not exist",
+        dir.display()
+    );
     let parser = parser_files::run_positive(&dir.join("parser/testfiles"));
     let negative = parser_files::run_negative(&dir.join("parser/testfiles-negative"));
     let env_var = shell_vectors::run_env_var_test(&dir.join("shell/envVarTest"));
@@ -51,6 +58,13 @@ fn buildkit_conformance() {
     for f in &failures {
         println!("FAIL {f}");
     }
-    assert!(all.iter().all(|o| o.total > 0), "a conformance set had no cases");
-    assert!(failures.is_empty(), "{} conformance case(s) failed", failures.len());
+    assert!(
+        all.iter().all(|o| o.total > 0),
+        "a conformance set had no cases"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} conformance case(s) failed",
+        failures.len()
+    );
 }

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "stagecoach", version, about = "Build container images from multi-stage Dockerfiles, one pod per stage")]
+#[command(
+    name = "stagecoach",
+    version,
+    about = "Build container images from multi-stage Dockerfiles, one pod per stage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -93,23 +93,35 @@ pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Plan
 
 /// Runs `stagecoach plan`.
 pub fn run(args: &PlanArgs) -> Result<(), PlanError> {
-    let path = args.file.clone().unwrap_or_else(|| args.context.join("Dockerfile"));
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
     let shown = path.display().to_string();
     let text = if path.as_os_str() == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|source| PlanError::Read { path: "standard input".into(), source })?;
+            .map_err(|source| PlanError::Read {
+                path: "standard input".into(),
+                source,
+            })?;
         s
     } else {
-        std::fs::read_to_string(&path).map_err(|source| PlanError::Read { path: shown.clone(), source })?
+        std::fs::read_to_string(&path).map_err(|source| PlanError::Read {
+            path: shown.clone(),
+            source,
+        })?
     };
     let options = PlanOptions {
         targets: args.targets.clone(),
         build_args: parse_build_args(&args.build_args)?,
         ..PlanOptions::default()
     };
-    let plan = planner::plan_text(&text, &options).map_err(|source| PlanError::Plan { path: shown, source })?;
+    let plan = planner::plan_text(&text, &options).map_err(|source| PlanError::Plan {
+        path: shown,
+        source,
+    })?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

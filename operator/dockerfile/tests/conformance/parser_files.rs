@@ -25,7 +25,10 @@ fn dump(nodes: &[Node]) -> String {
 pub fn run_positive(dir: &Path) -> Outcome {
     let mut outcome = Outcome::default();
     for case in cases(dir) {
-        let name = case.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = std::fs::read_to_string(case.join("Dockerfile")).expect("Dockerfile readable");
         let expected = std::fs::read_to_string(case.join("result")).expect("result readable");
         // BuildKit's test compares after normalising Windows line endings in the result.
@@ -46,7 +49,10 @@ pub fn run_positive(dir: &Path) -> Outcome {
 pub fn run_negative(dir: &Path) -> Outcome {
     let mut outcome = Outcome::default();
     for case in cases(dir) {
-        let name = case.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = std::fs::read_to_string(case.join("Dockerfile")).expect("Dockerfile readable");
         // Like BuildKit's negative test, a file passes when parsing or reading its
         // instructions fails.
