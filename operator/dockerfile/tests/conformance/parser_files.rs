@@ -7,14 +7,25 @@ use stagecoach_dockerfile::parser::{self, Node};
 
 use super::outcome::Outcome;
 
-fn cases(dir: &Path) -> Vec<PathBuf> {
+/// Each case folder's name and its Dockerfile's text, in name order.
+fn cases(dir: &Path) -> Vec<(String, PathBuf, String)> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.join("Dockerfile").is_file())
         .collect();
     dirs.sort();
-    dirs
+    dirs.into_iter()
+        .map(|case| {
+            let name = case
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let text =
+                std::fs::read_to_string(case.join("Dockerfile")).expect("Dockerfile readable");
+            (name, case, text)
+        })
+        .collect()
 }
 
 /// BuildKit's dump of the whole file: one parenthesised node per line.
@@ -24,12 +35,7 @@ fn dump(nodes: &[Node]) -> String {
 
 pub fn run_positive(dir: &Path) -> Outcome {
     let mut outcome = Outcome::default();
-    for case in cases(dir) {
-        let name = case
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(case.join("Dockerfile")).expect("Dockerfile readable");
+    for (name, case, text) in cases(dir) {
         let expected = std::fs::read_to_string(case.join("result")).expect("result readable");
         // BuildKit's test compares after normalising Windows line endings in the result.
         let expected = expected.replace("\r\n", "\n");
@@ -48,12 +54,7 @@ pub fn run_positive(dir: &Path) -> Outcome {
 
 pub fn run_negative(dir: &Path) -> Outcome {
     let mut outcome = Outcome::default();
-    for case in cases(dir) {
-        let name = case
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let text = std::fs::read_to_string(case.join("Dockerfile")).expect("Dockerfile readable");
+    for (name, _, text) in cases(dir) {
         // Like BuildKit's negative test, a file passes when parsing or reading its
         // instructions fails.
         let failed = stagecoach_dockerfile::Dockerfile::parse(&text).is_err();
