@@ -6,7 +6,6 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
-
 use flate2::Compression as GzLevel;
 use flate2::GzBuilder;
 use flate2::bufread::MultiGzDecoder;
@@ -196,7 +195,9 @@ mod tests {
     use super::*;
 
     fn round_trip(c: Compression) -> Vec<u8> {
-        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut enc = Encoder::new(Vec::new(), c).unwrap();
         enc.write_all(&data).unwrap();
         let compressed = enc.finish().unwrap();

@@ -39,7 +39,11 @@ pub struct ImageConfig {
     /// Operating system, GOOS spelling.
     pub os: String,
     /// OS version.
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// Required OS features.
     #[serde(
@@ -58,7 +62,11 @@ pub struct ImageConfig {
     /// The layer chain.
     pub rootfs: RootFs,
     /// One entry per instruction, base first; `empty_layer` entries made no layer.
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub history: Vec<History>,
     /// Fields this version does not know (Docker's `container_config`, `docker_version`, …).
     #[serde(flatten)]
@@ -89,7 +97,11 @@ pub struct ContainerConfig {
     )]
     pub env: Vec<String>,
     /// ENTRYPOINT. `None` (unset) differs from `Some([])` (reset by `ENTRYPOINT []`).
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
     /// CMD; the same distinction as for ENTRYPOINT.
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +115,11 @@ pub struct ContainerConfig {
     )]
     pub volumes: BTreeSet<String>,
     /// WORKDIR.
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub working_dir: Option<String>,
     /// LABEL.
     #[serde(
@@ -114,10 +130,18 @@ pub struct ContainerConfig {
     )]
     pub labels: BTreeMap<String, String>,
     /// STOPSIGNAL.
-    #[serde(rename = "StopSignal", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stop_signal: Option<String>,
     /// HEALTHCHECK (Docker extension).
-    #[serde(rename = "Healthcheck", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Healthcheck",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub healthcheck: Option<HealthConfig>,
     /// ONBUILD triggers, run when this image is used as a base (Docker extension).
     #[serde(
@@ -154,7 +178,11 @@ pub struct HealthConfig {
     #[serde(rename = "Timeout", default, skip_serializing_if = "Option::is_none")]
     pub timeout_ns: Option<i64>,
     /// Grace period after start.
-    #[serde(rename = "StartPeriod", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "StartPeriod",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub start_period_ns: Option<i64>,
     /// Interval during the start period.
     #[serde(

@@ -40,7 +40,9 @@ impl Digest {
             return Err(DigestError::UnsupportedAlgorithm(s.to_owned()));
         }
         let hex_ok = hex.len() == SHA256_HEX_LEN
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok {
             return Err(DigestError::BadHex(s.to_owned()));
         }

@@ -84,7 +84,10 @@ mod tests {
         inner.insert("zeta", 1);
         inner.insert("alpha", 2);
         let mut outer = HashMap::new();
-        outer.insert("b", serde_json::json!({"y": [3, {"d": 1, "c": 2}], "x": null}));
+        outer.insert(
+            "b",
+            serde_json::json!({"y": [3, {"d": 1, "c": 2}], "x": null}),
+        );
         outer.insert("a", serde_json::to_value(&inner).unwrap());
         let bytes = to_canonical_vec(&outer, "test").unwrap();
         assert_eq!(

@@ -144,10 +144,7 @@ impl OciLayoutWriter {
 
     /// Writes `index.json` and returns the layout directory.
     pub fn finish(self) -> Result<PathBuf, LayoutError> {
-        let bytes = self
-            .index
-            .to_canonical_json()
-            .map_err(LayoutError::Index)?;
+        let bytes = self.index.to_canonical_json().map_err(LayoutError::Index)?;
         write_atomic(&self.dir.join("index.json"), &bytes)?;
         Ok(self.dir)
     }

@@ -42,7 +42,11 @@ pub struct Platform {
     /// Operating system in Go's GOOS spelling (`linux`).
     pub os: String,
     /// OS version (Windows only in practice).
-    #[serde(rename = "os.version", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "os.version",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub os_version: Option<String>,
     /// Required OS features.
     #[serde(rename = "os.features", default, skip_serializing_if = "Vec::is_empty")]

@@ -318,16 +318,23 @@ impl Applier {
         let bad = |e: io::Error| ApplyError::Read(e);
         let mut meta = EntryMeta {
             kind,
-            mode: header.mode().map_err(bad)? & 0o7777,
-            uid: header.uid().map_err(bad)?,
-            gid: header.gid().map_err(bad)?,
-            mtime: i64::try_from(header.mtime().map_err(bad)?).unwrap_or(i64::MAX),
+            mode: lenient(header.mode().map(u64::from), &header.as_old().mode).map_err(bad)? as u32
+                & 0o7777,
+            uid: lenient(header.uid(), &header.as_old().uid).map_err(bad)?,
+            gid: lenient(header.gid(), &header.as_old().gid).map_err(bad)?,
+            mtime: i64::try_from(lenient(header.mtime(), &header.as_old().mtime).map_err(bad)?)
+                .unwrap_or(i64::MAX),
             xattrs: Vec::new(),
             link: None,
-            device: (
-                header.device_major().map_err(bad)?.unwrap_or(0),
-                header.device_minor().map_err(bad)?.unwrap_or(0),
-            ),
+            // Only device entries are required to fill these fields.
+            device: if matches!(kind, EntryType::Char | EntryType::Block) {
+                (
+                    header.device_major().map_err(bad)?.unwrap_or(0),
+                    header.device_minor().map_err(bad)?.unwrap_or(0),
+                )
+            } else {
+                (0, 0)
+            },
             name: display,
         };
         meta.link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -712,6 +719,15 @@ impl Applier {
                 .map_err(io_err("set times of", &real))?;
         }
         Ok(())
+    }
+}
+
+/// A numeric header field, with an empty field (all NULs or spaces) read as 0 the way GNU
+/// tar and Go's archive/tar read it; some writers leave unused fields empty.
+fn lenient(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
     }
 }
 

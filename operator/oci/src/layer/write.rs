@@ -75,7 +75,10 @@ pub enum LayerWriteError {
     Store(#[from] StoreError),
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LayerWriteError + 'a {
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> LayerWriteError + 'a {
     move |source| LayerWriteError::Io {
         action,
         path: path.to_owned(),
@@ -476,7 +479,7 @@ impl<W: Write> TarWriter<W> {
         if ft.is_file() {
             return self.write_file(&full, name, &meta, pax);
         }
-        let mut header = Header::new_ustar();
+        let mut header = new_header();
         let written = if ft.is_dir() {
             name.push(b'/');
             header.set_entry_type(EntryType::Directory);
@@ -521,7 +524,7 @@ impl<W: Write> TarWriter<W> {
         if meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key).cloned() {
-                let mut header = Header::new_ustar();
+                let mut header = new_header();
                 header.set_entry_type(EntryType::Link);
                 set_link_name(&mut header, &first, &mut pax)?;
                 self.fill_common(&mut header, meta, &mut pax);
@@ -545,7 +548,7 @@ impl<W: Write> TarWriter<W> {
             return Err(LayerWriteError::FileChanged(full.to_owned()));
         }
         let size = fmeta.len();
-        let mut header = Header::new_ustar();
+        let mut header = new_header();
         header.set_entry_type(EntryType::Regular);
         self.fill_common(&mut header, &fmeta, &mut pax);
         header.set_size(size);
@@ -668,7 +671,7 @@ impl<W: Write> TarWriter<W> {
             for (k, v) in &pax {
                 pax_record(&mut body, k, v);
             }
-            let mut ph = Header::new_ustar();
+            let mut ph = new_header();
             if let Some(ustar) = ph.as_ustar_mut() {
                 let pax_name = b"././@PaxHeader";
                 ustar.name[..pax_name.len()].copy_from_slice(pax_name);
@@ -695,7 +698,7 @@ impl<W: Write> TarWriter<W> {
     /// An empty regular file: a whiteout or an opaque marker. Fixed metadata, so the
     /// marker's bytes depend only on its name.
     fn write_marker(&mut self, name: Vec<u8>) -> Result<(), LayerWriteError> {
-        let mut header = Header::new_ustar();
+        let mut header = new_header();
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o644);
         header.set_uid(0);
@@ -704,6 +707,17 @@ impl<W: Write> TarWriter<W> {
         header.set_size(0);
         self.append(header, name, Vec::new(), io::empty())
     }
+}
+
+/// A USTAR header with the device fields zeroed rather than empty: some readers (the `tar`
+/// crate among them) reject an empty numeric field.
+fn new_header() -> Header {
+    let mut h = Header::new_ustar();
+    if let Some(ustar) = h.as_ustar_mut() {
+        ustar.set_device_major(0);
+        ustar.set_device_minor(0);
+    }
+    h
 }
 
 fn set_link_name(
