@@ -230,11 +230,13 @@ pub fn long_dir() -> PathBuf {
         .join("c".repeat(60))
 }
 
+type Step = Box<dyn Fn(&Path)>;
+
 /// Builds a tree with every kind of entry a layer must carry. `reverse` creates things in a
 /// different order (different inode numbers and directory order on disk) with the same
 /// result. Privileged parts (owners, device nodes, file capabilities) only as root.
 pub fn build_fixture(root: &Path, reverse: bool) {
-    let mut steps: Vec<Box<dyn Fn(&Path)>> = vec![
+    let mut steps: Vec<Step> = vec![
         Box::new(|r| {
             mkdir(&r.join("bin"), 0o755);
             write_file(&r.join("bin/tool"), b"#!/bin/sh\necho tool\n", 0o755);
@@ -266,7 +268,7 @@ pub fn build_fixture(root: &Path, reverse: bool) {
         Box::new(|r| {
             rustix::fs::mknodat(
                 CWD,
-                &r.join("fifo"),
+                r.join("fifo"),
                 FileType::Fifo,
                 Mode::from_bits_truncate(0o620),
                 0,
@@ -274,7 +276,7 @@ pub fn build_fixture(root: &Path, reverse: bool) {
             .unwrap();
             write_file(&r.join("with-user-xattr"), b"x", 0o644);
             rustix::fs::lsetxattr(
-                &r.join("with-user-xattr"),
+                r.join("with-user-xattr"),
                 "user.stagecoach.test",
                 b"value\0with nul",
                 XattrFlags::empty(),
@@ -294,7 +296,7 @@ pub fn build_fixture(root: &Path, reverse: bool) {
             std::os::unix::fs::lchown(r.join("owned-link"), Some(42), Some(43)).unwrap();
             write_file(&r.join("ping"), b"\x7fELF pretend", 0o755);
             rustix::fs::lsetxattr(
-                &r.join("ping"),
+                r.join("ping"),
                 "security.capability",
                 &net_bind_capability(),
                 XattrFlags::empty(),
@@ -303,7 +305,7 @@ pub fn build_fixture(root: &Path, reverse: bool) {
             mkdir(&r.join("dev"), 0o755);
             rustix::fs::mknodat(
                 CWD,
-                &r.join("dev/null"),
+                r.join("dev/null"),
                 FileType::CharacterDevice,
                 Mode::from_bits_truncate(0o666),
                 rustix::fs::makedev(1, 3),
@@ -311,7 +313,7 @@ pub fn build_fixture(root: &Path, reverse: bool) {
             .unwrap();
             rustix::fs::mknodat(
                 CWD,
-                &r.join("dev/loop9"),
+                r.join("dev/loop9"),
                 FileType::BlockDevice,
                 Mode::from_bits_truncate(0o660),
                 rustix::fs::makedev(7, 9),
