@@ -309,6 +309,21 @@ impl ImageConfig {
     }
 }
 
+/// The ChainIDs of a layer stack: the first is the first diffID, each next one is
+/// `sha256(previous + " " + diffID)`. A ChainID names a whole stack of layers, so it is what
+/// a cache of unpacked roots or of instruction results keys on.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut out: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let next = match out.last() {
+            None => diff_id.clone(),
+            Some(parent) => Digest::of_bytes(format!("{parent} {diff_id}").as_bytes()),
+        };
+        out.push(next);
+    }
+    out
+}
+
 /// Formats Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`), the form the `created`
 /// fields take. Written here to keep a date library out of the dependency tree.
 pub fn rfc3339_utc(unix_seconds: i64) -> String {
@@ -366,6 +381,16 @@ mod object_set {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chain_ids_follow_the_spec_formula() {
+        let a = Digest::of_bytes(b"a");
+        let b = Digest::of_bytes(b"b");
+        let chain = chain_ids(&[a.clone(), b.clone()]);
+        assert_eq!(chain[0], a);
+        assert_eq!(chain[1], Digest::of_bytes(format!("{a} {b}").as_bytes()));
+        assert!(chain_ids(&[]).is_empty());
+    }
 
     #[test]
     fn rfc3339_known_values() {

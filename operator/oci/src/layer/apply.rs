@@ -600,10 +600,7 @@ impl Applier {
             self.remove_existing(target, m)?;
         }
         // linkat without AT_SYMLINK_FOLLOW: a symlink target is linked as the symlink.
-        fs::hard_link(&src, target).map_err(io_err("create hard link", target))?;
-        self.entries += 1;
-        self.unpacked.insert(target.to_owned());
-        Ok(())
+        fs::hard_link(&src, target).map_err(io_err("create hard link", target))
     }
 
     /// Makes a device node or fifo; false when it was skipped for lack of privilege.

@@ -19,17 +19,22 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// Mode of directories a layer implies but does not list (what Docker and containerd use).
 const IMPLIED_DIR_MODE: u32 = 0o755;
 
-/// Why a directory could not be resolved inside the root.
-#[derive(Debug)]
+/// Why a directory could not be resolved inside the root. Internal: the applier turns it
+/// into an `ApplyError`, or ignores it where a missing directory just means "nothing to do".
+#[derive(Debug, thiserror::Error)]
 pub(super) enum ResolveError {
     /// A component is missing and creation was not asked for.
+    #[error("{0} does not exist")]
     NotFound(PathBuf),
     /// A component is a file, device or socket.
+    #[error("{0} is not a directory")]
     NotADirectory(PathBuf),
     /// Too many symlinks (a loop).
+    #[error("too many levels of symbolic links at {0}")]
     TooManyLinks(PathBuf),
     /// Any other failure.
-    Io(PathBuf, io::Error),
+    #[error("cannot resolve {0}: {1}")]
+    Io(PathBuf, #[source] io::Error),
 }
 
 enum Seg {
