@@ -452,3 +452,28 @@ fn applying_as_unprivileged_skips_what_needs_root() {
         assert_eq!(stats.skipped_devices, 0);
     }
 }
+
+#[test]
+fn root_reached_through_a_symlink_and_symlinked_write_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    write_file(&real.join("usr/bin/tool"), b"tool", 0o755);
+    symlink("usr/bin", &real.join("bin"));
+    symlink("real", &tmp.path().join("alias"));
+    let store = ContentStore::open(tmp.path().join("store")).unwrap();
+    let o = opts(Compression::None);
+    let direct = write_layer(&store, &real, LayerSource::Tree, &o).unwrap();
+    let via_link = write_layer(&store, &tmp.path().join("alias"), LayerSource::Tree, &o).unwrap();
+    assert_eq!(direct, via_link);
+    assert_eq!(direct.entries, 4, "bin, usr/, usr/bin/, usr/bin/tool");
+
+    // WriteTree of a symlink to a directory writes the symlink, not what it points to.
+    let (tar, _) = write_layer_to(
+        Vec::new(),
+        &real,
+        LayerSource::Changes(&[Change::WriteTree("bin".into())]),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(list_entries(&tar), vec!["bin"]);
+}

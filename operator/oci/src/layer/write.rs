@@ -293,11 +293,12 @@ enum Written {
 impl<W: Write> TarWriter<W> {
     fn write_tree(&mut self) -> Result<(), LayerWriteError> {
         let root = self.root.clone();
-        // Sorted siblings in pre-order is exactly component order: parents first.
+        // Sorted siblings in pre-order is exactly component order: parents first. The root
+        // itself may be reached through a symlink (the caller chose it); nothing below it is.
         let walk = WalkDir::new(&root)
             .min_depth(1)
             .follow_links(false)
-            .follow_root_links(false)
+            .follow_root_links(true)
             .sort_by_file_name();
         for entry in walk {
             let entry = entry.map_err(|e| {
@@ -437,6 +438,7 @@ impl<W: Write> TarWriter<W> {
 
     fn expand_tree(&self, rel: &Path, items: &mut Vec<Item>) -> Result<(), LayerWriteError> {
         let start = self.root.join(rel);
+        // A symlink named by the change is written as the symlink, never walked through.
         let walk = WalkDir::new(&start)
             .follow_links(false)
             .follow_root_links(false);
