@@ -1,0 +1,590 @@
+//! COPY and ADD: first a plan — the list of directories, files and symlinks to create in the
+//! stage's root filesystem, with BuildKit's destination rules applied — then the copy itself.
+//!
+//! The rules, as BuildKit applies them:
+//! * the destination is relative to WORKDIR unless absolute; a destination ending in `/` (or
+//!   `.`) is a directory, created when missing; so is a destination that already is one;
+//! * a file source lands inside a directory destination under its own name, otherwise at the
+//!   destination path; a directory source copies its *contents* into the destination;
+//! * several sources (or a wildcard matching several) need a directory destination ending in
+//!   `/`;
+//! * missing parent directories are created 0755 and owned like the copied files; an
+//!   existing destination directory keeps its own metadata, nested directories take the
+//!   source's;
+//! * files are owned 0:0 unless `--chown`; modes and mtimes are kept unless `--chmod`
+//!   (applied to files and directories alike); symlinks are copied as symlinks;
+//! * `--parents` keeps each source's path (below a `/./` pivot) under the destination.
+//!
+//! Writing never follows a symlink out of the root: parents are resolved as if chrooted and
+//! the last component of a file or symlink is replaced, never written through.
+
+use std::collections::BTreeSet;
+use std::io::ErrorKind;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::context::{BuildContext, ContextError, FileKind, Source};
+use crate::dockerignore::{IgnoreError, PatternMatcher};
+use crate::pattern::clean;
+use crate::rootpath::{self, RootPathError};
+use crate::users::Owner;
+
+/// Errors planning or performing a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Several sources and a destination that is not a directory.
+    #[error(
+        "When using {keyword} with more than one source file, the destination must be a \
+         directory and end with a /"
+    )]
+    NeedDirectory {
+        /// `COPY` or `ADD`.
+        keyword: String,
+    },
+    /// A `--chmod` value that is not an octal mode.
+    #[error("invalid chmod parameter: {value:?} (an octal mode such as 0755 is expected)")]
+    BadChmod {
+        /// The value as given.
+        value: String,
+    },
+    /// Resolving a source failed.
+    #[error("{keyword}: {error}")]
+    Source {
+        /// `COPY` or `ADD`.
+        keyword: String,
+        /// What went wrong.
+        error: ContextError,
+    },
+    /// `--exclude` patterns are invalid.
+    #[error(transparent)]
+    Exclude(#[from] IgnoreError),
+    /// Something this part of the executor does not do yet.
+    #[error("{keyword} {source_path}: {what} is not supported yet")]
+    Unsupported {
+        /// `COPY` or `ADD`.
+        keyword: String,
+        /// The source concerned.
+        source_path: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// A directory would have to replace a file.
+    #[error("cannot copy to non-directory: {dest}")]
+    NotADirectory {
+        /// The destination inside the root.
+        dest: String,
+    },
+    /// A file would have to replace a directory.
+    #[error("cannot replace directory {dest} with a non-directory")]
+    IsADirectory {
+        /// The destination inside the root.
+        dest: String,
+    },
+    /// Resolving a destination inside the root failed.
+    #[error(transparent)]
+    Resolve(#[from] RootPathError),
+    /// An I/O error on a named path.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path (destination inside the root, or source on disk).
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A heredoc used as a source (`COPY <<EOF /x`), content already expanded when it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeredocSource {
+    /// The delimiter, which is also the file name.
+    pub name: String,
+    /// The file content.
+    pub content: String,
+}
+
+/// A COPY or ADD after expansion, ready to plan.
+#[derive(Debug, Clone, Default)]
+pub struct CopySpec {
+    /// `ADD` rather than `COPY` (URLs and archives are ADD's own).
+    pub is_add: bool,
+    /// Sources as written (after expansion); heredoc names included.
+    pub sources: Vec<String>,
+    /// Heredoc bodies, matched to `sources` by name.
+    pub heredocs: Vec<HeredocSource>,
+    /// The destination (after expansion).
+    pub dest: String,
+    /// The stage's WORKDIR (absolute; empty means `/`).
+    pub workdir: String,
+    /// `--chown`, resolved (see [`crate::users::resolve_chown`]); `None` means 0:0.
+    pub owner: Option<Owner>,
+    /// `--chmod`, parsed with [`parse_chmod`].
+    pub chmod: Option<u32>,
+    /// `--exclude` patterns.
+    pub excludes: Vec<String>,
+    /// `--parents`.
+    pub parents: bool,
+    /// `ADD --unpack` (`None`: local archives are unpacked).
+    pub unpack: Option<bool>,
+}
+
+impl CopySpec {
+    fn keyword(&self) -> String {
+        if self.is_add { "ADD" } else { "COPY" }.to_string()
+    }
+}
+
+/// Where an operation's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpSource {
+    /// Nothing: a directory to make.
+    None,
+    /// A regular file on disk.
+    File(PathBuf),
+    /// Literal content (a heredoc).
+    Content(Vec<u8>),
+    /// A symlink target, copied as written.
+    Link(String),
+}
+
+/// One thing to create in the root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOp {
+    /// Absolute, cleaned path inside the root.
+    pub dest: String,
+    /// File, directory or symlink.
+    pub kind: FileKind,
+    /// The content.
+    pub source: OpSource,
+    /// Permission bits (ignored for symlinks).
+    pub mode: u32,
+    /// Owner.
+    pub owner: Owner,
+    /// Modification time to set; `None` leaves the time of writing.
+    pub mtime: Option<(i64, u32)>,
+    /// For directories: whether an existing directory takes this op's metadata (nested
+    /// directories do; the destination and created parents do not).
+    pub overwrite_metadata: bool,
+    /// The source path relative to its context, for messages and cache keys.
+    pub source_rel: Option<String>,
+}
+
+/// The outcome of planning.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CopyPlan {
+    /// Operations in the order they must run (parents first).
+    pub ops: Vec<CopyOp>,
+}
+
+/// Parses `--chmod` (octal only, up to 07777).
+pub fn parse_chmod(value: &str) -> Result<u32, CopyError> {
+    match u32::from_str_radix(value, 8) {
+        Ok(mode) if mode <= 0o7777 && !value.is_empty() => Ok(mode),
+        _ => Err(CopyError::BadChmod {
+            value: value.to_string(),
+        }),
+    }
+}
+
+/// The absolute destination for `dest` under `workdir`, and whether it names a directory.
+pub fn destination(workdir: &str, dest: &str) -> (String, bool) {
+    let is_dir = dest.is_empty() || dest == "." || dest.ends_with('/') || dest.ends_with("/.");
+    let abs = if dest.starts_with('/') {
+        clean(dest)
+    } else {
+        let wd = if workdir.is_empty() { "/" } else { workdir };
+        clean(&format!("{wd}/{dest}"))
+    };
+    (abs, is_dir)
+}
+
+fn join_abs(dir: &str, rel: &str) -> String {
+    if rel.is_empty() {
+        return dir.to_string();
+    }
+    clean(&format!("{dir}/{rel}"))
+}
+
+fn base_name(rel: &str) -> &str {
+    rel.rsplit('/').next().unwrap_or(rel)
+}
+
+fn is_url(source: &str) -> bool {
+    let lower = source.to_ascii_lowercase();
+    lower.starts_with("http://")
+        || lower.starts_with("https://")
+        || lower.starts_with("git@")
+        || lower.starts_with("git://")
+}
+
+/// Whether a file starts like an archive ADD would unpack (tar, gzip, bzip2, xz, zstd).
+fn looks_like_archive(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    let h = &head[..n];
+    h.starts_with(&[0x1f, 0x8b])
+        || h.starts_with(b"BZh")
+        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
+        || h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
+        || (n >= 262 && &h[257..262] == b"ustar")
+}
+
+struct Planner<'a> {
+    spec: &'a CopySpec,
+    owner: Owner,
+    ensured: BTreeSet<String>,
+    ops: Vec<CopyOp>,
+}
+
+impl Planner<'_> {
+    /// Adds "create if missing" ops for every ancestor of `dest`, parents first.
+    fn ensure_parents(&mut self, dest: &str) {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = dest.split('/').filter(|p| !p.is_empty()).collect();
+        for part in parts.iter().take(parts.len().saturating_sub(1)) {
+            prefix.push('/');
+            prefix.push_str(part);
+            self.ensure_dir(&prefix.clone());
+        }
+    }
+
+    fn ensure_dir(&mut self, dest: &str) {
+        if dest == "/" || !self.ensured.insert(dest.to_string()) {
+            return;
+        }
+        self.ops.push(CopyOp {
+            dest: dest.to_string(),
+            kind: FileKind::Dir,
+            source: OpSource::None,
+            mode: 0o755,
+            owner: self.owner,
+            mtime: None,
+            overwrite_metadata: false,
+            source_rel: None,
+        });
+    }
+
+    fn push(&mut self, op: CopyOp) {
+        if op.kind == FileKind::Dir {
+            self.ensured.insert(op.dest.clone());
+        }
+        self.ops.push(op);
+    }
+}
+
+/// Plans a COPY/ADD from `context` into the root filesystem at `rootfs` (read only to see
+/// whether the destination already is a directory).
+pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<CopyPlan, CopyError> {
+    let keyword = spec.keyword();
+    let source_err = |error| CopyError::Source {
+        keyword: keyword.clone(),
+        error,
+    };
+    let excludes = PatternMatcher::new(&spec.excludes)?;
+    let (dest, dest_says_dir) = destination(&spec.workdir, &spec.dest);
+
+    enum Item<'s> {
+        Heredoc(&'s HeredocSource),
+        Context(Source),
+    }
+    let mut items = Vec::new();
+    for source in &spec.sources {
+        if let Some(h) = spec.heredocs.iter().find(|h| &h.name == source) {
+            items.push(Item::Heredoc(h));
+            continue;
+        }
+        if spec.is_add && is_url(source) {
+            return Err(CopyError::Unsupported {
+                keyword,
+                source_path: source.clone(),
+                what: "ADD from a URL or git repository",
+            });
+        }
+        for s in context.resolve(source, spec.parents).map_err(source_err)? {
+            if !BuildContext::excluded(&s, &excludes) {
+                items.push(Item::Context(s));
+            }
+        }
+    }
+    if items.len() > 1 && !dest_says_dir {
+        return Err(CopyError::NeedDirectory { keyword });
+    }
+    let existing = rootpath::resolve(rootfs, &dest, true)?;
+    let dest_is_dir = dest_says_dir || existing.path.is_dir();
+
+    let owner = spec.owner.unwrap_or_default();
+    let mut p = Planner {
+        spec,
+        owner,
+        ensured: BTreeSet::new(),
+        ops: Vec::new(),
+    };
+    for item in items {
+        match item {
+            Item::Heredoc(h) => {
+                let target = if dest_is_dir {
+                    join_abs(&dest, &h.name)
+                } else {
+                    dest.clone()
+                };
+                p.ensure_parents(&target);
+                p.push(CopyOp {
+                    dest: target,
+                    kind: FileKind::File,
+                    source: OpSource::Content(h.content.clone().into_bytes()),
+                    mode: spec.chmod.unwrap_or(0o644),
+                    owner,
+                    mtime: None,
+                    overwrite_metadata: true,
+                    source_rel: None,
+                });
+            }
+            Item::Context(s) if s.kind == FileKind::Dir => {
+                let top = if p.spec.parents {
+                    join_abs(&dest, &s.keep)
+                } else {
+                    dest.clone()
+                };
+                p.ensure_parents(&top);
+                p.ensure_dir(&top);
+                for entry in context.walk(&s, &excludes).map_err(source_err)? {
+                    let (source, mode) = match entry.kind {
+                        FileKind::Other => continue,
+                        FileKind::Dir => (OpSource::None, spec.chmod.unwrap_or(entry.mode)),
+                        FileKind::File => (
+                            OpSource::File(entry.path.clone()),
+                            spec.chmod.unwrap_or(entry.mode),
+                        ),
+                        FileKind::Symlink => {
+                            let target =
+                                std::fs::read_link(&entry.path).map_err(|e| CopyError::Io {
+                                    op: "reading link",
+                                    path: entry.path.display().to_string(),
+                                    source: e,
+                                })?;
+                            (OpSource::Link(target.to_string_lossy().into_owned()), 0o777)
+                        }
+                    };
+                    p.push(CopyOp {
+                        dest: join_abs(&top, &entry.rel),
+                        kind: entry.kind,
+                        source,
+                        mode,
+                        owner,
+                        mtime: Some(entry.mtime),
+                        overwrite_metadata: true,
+                        source_rel: Some(join_rel(&s.rel, &entry.rel)),
+                    });
+                }
+            }
+            Item::Context(s) if s.kind == FileKind::File => {
+                if spec.is_add && spec.unpack != Some(false) && looks_like_archive(&s.path) {
+                    return Err(CopyError::Unsupported {
+                        keyword,
+                        source_path: s.rel,
+                        what: "unpacking an archive",
+                    });
+                }
+                let target = if p.spec.parents {
+                    join_abs(&dest, &s.keep)
+                } else if dest_is_dir {
+                    join_abs(&dest, base_name(&s.rel))
+                } else {
+                    dest.clone()
+                };
+                let meta = std::fs::metadata(&s.path).map_err(|e| CopyError::Io {
+                    op: "reading",
+                    path: s.path.display().to_string(),
+                    source: e,
+                })?;
+                p.ensure_parents(&target);
+                p.push(CopyOp {
+                    dest: target,
+                    kind: FileKind::File,
+                    source: OpSource::File(s.path.clone()),
+                    mode: spec.chmod.unwrap_or(meta.mode() & 0o7777),
+                    owner,
+                    mtime: Some((meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))),
+                    overwrite_metadata: true,
+                    source_rel: Some(s.rel.clone()),
+                });
+            }
+            // Fifos, sockets and devices are not copied.
+            Item::Context(_) => {}
+        }
+    }
+    Ok(CopyPlan { ops: p.ops })
+}
+
+fn join_rel(a: &str, b: &str) -> String {
+    match (a.is_empty(), b.is_empty()) {
+        (true, _) => b.to_string(),
+        (_, true) => a.to_string(),
+        _ => format!("{a}/{b}"),
+    }
+}
+
+/// How [`apply`] treats ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Set owners (needs CAP_CHOWN); off for unprivileged dry runs and tests.
+    pub set_owner: bool,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self { set_owner: true }
+    }
+}
+
+fn io_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) -> CopyError + 'a {
+    move |source| CopyError::Io {
+        op,
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Performs a plan in the root filesystem at `rootfs`.
+pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<(), CopyError> {
+    // Directory times change while their contents are written, so they are set at the end,
+    // deepest first.
+    let mut dir_times: Vec<(PathBuf, (i64, u32))> = Vec::new();
+    for op in &plan.ops {
+        let (parent, name) = match op.dest.rfind('/') {
+            Some(i) => (&op.dest[..i], &op.dest[i + 1..]),
+            None => ("", op.dest.as_str()),
+        };
+        if op.kind == FileKind::Dir {
+            let target = rootpath::resolve(rootfs, &op.dest, true)?.path;
+            match std::fs::symlink_metadata(&target) {
+                Ok(meta) if meta.is_dir() => {
+                    if op.overwrite_metadata {
+                        set_metadata(&target, op, options, &op.dest)?;
+                        if let Some(t) = op.mtime {
+                            dir_times.push((target, t));
+                        }
+                    }
+                }
+                Ok(_) => {
+                    return Err(CopyError::NotADirectory {
+                        dest: op.dest.clone(),
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    std::fs::create_dir(&target).map_err(io_err("creating", &op.dest))?;
+                    set_metadata(&target, op, options, &op.dest)?;
+                    if let Some(t) = op.mtime {
+                        dir_times.push((target, t));
+                    }
+                }
+                Err(e) => return Err(io_err("inspecting", &op.dest)(e)),
+            }
+            continue;
+        }
+        if name.is_empty() {
+            return Err(CopyError::IsADirectory {
+                dest: op.dest.clone(),
+            });
+        }
+        let parent_path = rootpath::resolve(rootfs, parent, true)?.path;
+        let target = parent_path.join(name);
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(CopyError::IsADirectory {
+                    dest: op.dest.clone(),
+                });
+            }
+            Ok(_) => std::fs::remove_file(&target).map_err(io_err("replacing", &op.dest))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("inspecting", &op.dest)(e)),
+        }
+        match &op.source {
+            OpSource::Link(link) => {
+                std::os::unix::fs::symlink(link, &target)
+                    .map_err(io_err("creating symlink", &op.dest))?;
+                if options.set_owner {
+                    std::os::unix::fs::lchown(&target, Some(op.owner.uid), Some(op.owner.gid))
+                        .map_err(io_err("chown", &op.dest))?;
+                }
+                if let Some(t) = op.mtime {
+                    set_mtime(&target, t, &op.dest)?;
+                }
+            }
+            OpSource::File(from) => {
+                let mut input =
+                    std::fs::File::open(from).map_err(io_err("opening source for", &op.dest))?;
+                let mut output = create_new(&target, &op.dest)?;
+                std::io::copy(&mut input, &mut output).map_err(io_err("writing", &op.dest))?;
+                drop(output);
+                set_metadata(&target, op, options, &op.dest)?;
+            }
+            OpSource::Content(bytes) => {
+                let mut output = create_new(&target, &op.dest)?;
+                std::io::Write::write_all(&mut output, bytes)
+                    .map_err(io_err("writing", &op.dest))?;
+                drop(output);
+                set_metadata(&target, op, options, &op.dest)?;
+            }
+            OpSource::None => {}
+        }
+    }
+    for (path, t) in dir_times.iter().rev() {
+        set_mtime(path, *t, &path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Creates a file that must not exist yet: `O_EXCL` also refuses a symlink planted there.
+fn create_new(target: &Path, dest: &str) -> Result<std::fs::File, CopyError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .map_err(io_err("creating", dest))
+}
+
+/// Owner first, then mode (a chown clears setuid/setgid bits), then time.
+fn set_metadata(
+    target: &Path,
+    op: &CopyOp,
+    options: ApplyOptions,
+    dest: &str,
+) -> Result<(), CopyError> {
+    if options.set_owner {
+        std::os::unix::fs::lchown(target, Some(op.owner.uid), Some(op.owner.gid))
+            .map_err(io_err("chown", dest))?;
+    }
+    std::fs::set_permissions(target, std::fs::Permissions::from_mode(op.mode))
+        .map_err(io_err("chmod", dest))?;
+    if let Some(t) = op.mtime {
+        set_mtime(target, t, dest)?;
+    }
+    Ok(())
+}
+
+fn set_mtime(target: &Path, (sec, nsec): (i64, u32), dest: &str) -> Result<(), CopyError> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, utimensat};
+    let ts = Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec.into(),
+    };
+    let times = Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    };
+    utimensat(CWD, target, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err("setting times of", dest)(e.into()))
+}

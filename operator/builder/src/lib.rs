@@ -1,0 +1,13 @@
+//! The stage executor's first, pure-ish part: the build context and `.dockerignore`
+//! ([`context`], [`dockerignore`]), COPY/ADD planning and copying into a root filesystem
+//! ([`copy`]), user lookup in that root ([`users`]), the image-config state a stage carries
+//! while its instructions run ([`image_state`]).
+//! RUN, snapshots and layers build on these; nothing here talks to Kubernetes or a network.
+
+pub mod context;
+pub mod copy;
+pub mod dockerignore;
+pub mod image_state;
+pub mod pattern;
+pub mod rootpath;
+pub mod users;
