@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Write an OCI image layout from ready-made layer tarballs, without any container tool.
 
-Layers stay uncompressed: the registry and containerd are on this machine, so gzip would
-only cost time. Identical inputs give identical digests, so pushes of unchanged layers are
-skipped by the registry.
+Layers come gzip-compressed (a registry client would otherwise compress them on every push)
+with the digest of their uncompressed form (the diff ID) computed while they were written.
+Identical inputs give identical digests, so pushes of unchanged layers are skipped.
 """
 import argparse
 import hashlib
@@ -30,7 +30,8 @@ def write_blob(out, data):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True, help="directory of the OCI layout (replaced)")
-    p.add_argument("--layer", action="append", default=[], help="uncompressed layer tar")
+    p.add_argument("--layer", action="append", default=[], help="gzip-compressed layer tar")
+    p.add_argument("--diff-id", action="append", default=[], help="sha256:... of each layer, uncompressed")
     p.add_argument("--name", required=True, help="full image name, e.g. registry.k8s.io/pause:3.10")
     p.add_argument("--env", action="append", default=[])
     p.add_argument("--entrypoint", help="JSON list")
@@ -40,7 +41,9 @@ def main():
 
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(os.path.join(args.out, "blobs", "sha256"))
-    layers, diff_ids = [], []
+    if len(args.diff_id) != len(args.layer):
+        p.error("give one --diff-id per --layer")
+    layers, diff_ids = [], args.diff_id
     for tar in args.layer:
         digest = sha256_file(tar)
         target = os.path.join(args.out, "blobs", "sha256", digest)
@@ -49,11 +52,10 @@ def main():
         except OSError:
             shutil.copyfile(tar, target)
         layers.append({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
             "digest": "sha256:" + digest,
             "size": os.path.getsize(tar),
         })
-        diff_ids.append("sha256:" + digest)
 
     config = {"Env": args.env}
     if args.entrypoint:

@@ -1,0 +1,3 @@
+module stagecoach.local/provisioner
+
+go 1.22
