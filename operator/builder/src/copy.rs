@@ -467,7 +467,8 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
             None => ("", op.dest.as_str()),
         };
         if op.kind == FileKind::Dir {
-            let target = rootpath::resolve(rootfs, &op.dest, true)?.path;
+            let resolved = rootpath::resolve(rootfs, &op.dest, true)?;
+            let target = resolved.path;
             match std::fs::symlink_metadata(&target) {
                 Ok(meta) if meta.is_dir() => {
                     if op.overwrite_metadata {
@@ -483,6 +484,7 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
+                    create_missing_parents(rootfs, &resolved.rel, op, options)?;
                     std::fs::create_dir(&target).map_err(io_err("creating", &op.dest))?;
                     set_metadata(&target, op, options, &op.dest)?;
                     if let Some(t) = op.mtime {
@@ -542,6 +544,41 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
     }
     for (path, t) in dir_times.iter().rev() {
         set_mtime(path, *t, &path.display().to_string())?;
+    }
+    Ok(())
+}
+
+/// Creates the missing ancestors of `rel` (already resolved, so free of symlinks where it
+/// exists) 0755 with the op's owner. Only needed when a symlink in the root sent the
+/// destination somewhere the plan's own parent directories do not cover.
+fn create_missing_parents(
+    rootfs: &Path,
+    rel: &str,
+    op: &CopyOp,
+    options: ApplyOptions,
+) -> Result<(), CopyError> {
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    let mut path = rootfs.to_path_buf();
+    let parent = CopyOp {
+        mode: 0o755,
+        mtime: None,
+        ..op.clone()
+    };
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(CopyError::NotADirectory {
+                    dest: op.dest.clone(),
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                std::fs::create_dir(&path).map_err(io_err("creating", &op.dest))?;
+                set_metadata(&path, &parent, options, &op.dest)?;
+            }
+            Err(e) => return Err(io_err("inspecting", &op.dest)(e)),
+        }
     }
     Ok(())
 }

@@ -1,9 +1,10 @@
 //! The stage executor's first, pure-ish part: the build context and `.dockerignore`
 //! ([`context`], [`dockerignore`]), COPY/ADD planning and copying into a root filesystem
 //! ([`copy`]), user lookup in that root ([`users`]), the image-config state a stage carries
-//! while its instructions run ([`image_state`]).
+//! while its instructions run ([`image_state`]) and instruction cache keys ([`cache_key`]).
 //! RUN, snapshots and layers build on these; nothing here talks to Kubernetes or a network.
 
+pub mod cache_key;
 pub mod context;
 pub mod copy;
 pub mod dockerignore;

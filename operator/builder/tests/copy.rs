@@ -1,0 +1,426 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! COPY/ADD end to end on real directories: a context, a root filesystem, plan then apply.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use stagecoach_builder::context::BuildContext;
+use stagecoach_builder::copy::{
+    self, ApplyOptions, CopyError, CopySpec, HeredocSource, OpSource, parse_chmod,
+};
+use stagecoach_builder::users::{Owner, resolve_chown};
+
+struct Fixture {
+    _ctx_dir: tempfile::TempDir,
+    root_dir: tempfile::TempDir,
+    ctx: BuildContext,
+}
+
+impl Fixture {
+    fn new(files: &[(&str, &str)], ignore: &str) -> Self {
+        let ctx_dir = tempfile::tempdir().unwrap();
+        for (path, content) in files {
+            let p = ctx_dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, content).unwrap();
+        }
+        if !ignore.is_empty() {
+            std::fs::write(ctx_dir.path().join(".dockerignore"), ignore).unwrap();
+        }
+        let ctx = BuildContext::open(ctx_dir.path()).unwrap();
+        Self {
+            _ctx_dir: ctx_dir,
+            root_dir: tempfile::tempdir().unwrap(),
+            ctx,
+        }
+    }
+
+    fn ctx_path(&self) -> &Path {
+        self.ctx.root()
+    }
+
+    fn root(&self) -> &Path {
+        self.root_dir.path()
+    }
+
+    fn copy(&self, sources: &[&str], dest: &str) -> Result<(), CopyError> {
+        self.run(CopySpec {
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            dest: dest.to_string(),
+            ..CopySpec::default()
+        })
+    }
+
+    fn run(&self, spec: CopySpec) -> Result<(), CopyError> {
+        let plan = copy::plan(&self.ctx, &spec, self.root())?;
+        copy::apply(&plan, self.root(), ApplyOptions::default())
+    }
+
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root().join(path.trim_start_matches('/'))).unwrap()
+    }
+
+    fn meta(&self, path: &str) -> std::fs::Metadata {
+        std::fs::symlink_metadata(self.root().join(path.trim_start_matches('/'))).unwrap()
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        std::fs::symlink_metadata(self.root().join(path.trim_start_matches('/'))).is_ok()
+    }
+}
+
+#[test]
+fn file_destination_rules() {
+    let f = Fixture::new(&[("a.txt", "A"), ("b.txt", "B")], "");
+    f.copy(&["a.txt"], "/dir/").unwrap();
+    assert_eq!(f.read("/dir/a.txt"), "A");
+    let m = f.meta("/dir");
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+
+    f.copy(&["a.txt"], "/new/name").unwrap();
+    assert_eq!(
+        f.read("/new/name"),
+        "A",
+        "no trailing slash: the file's new name"
+    );
+
+    f.copy(&["b.txt"], "/dir").unwrap();
+    assert_eq!(
+        f.read("/dir/b.txt"),
+        "B",
+        "an existing directory receives the file"
+    );
+
+    f.copy(&["b.txt"], "/new/name").unwrap();
+    assert_eq!(f.read("/new/name"), "B", "an existing file is replaced");
+
+    f.copy(&["a.txt", "b.txt"], "/multi/").unwrap();
+    assert_eq!(f.read("/multi/b.txt"), "B");
+    let e = f.copy(&["a.txt", "b.txt"], "/multi").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "When using COPY with more than one source file, the destination must be a directory and end with a /"
+    );
+    let e = f.copy(&["*.txt"], "/multi").unwrap_err();
+    assert!(matches!(e, CopyError::NeedDirectory { .. }), "{e}");
+    f.copy(&["a*"], "/single").unwrap();
+    assert_eq!(
+        f.read("/single"),
+        "A",
+        "a wildcard matching one file is one source"
+    );
+}
+
+#[test]
+fn workdir_relative_destinations() {
+    let f = Fixture::new(&[("a.txt", "A")], "");
+    let spec = |dest: &str| CopySpec {
+        sources: vec!["a.txt".into()],
+        dest: dest.into(),
+        workdir: "/app".into(),
+        ..CopySpec::default()
+    };
+    f.run(spec(".")).unwrap();
+    assert_eq!(f.read("/app/a.txt"), "A");
+    f.run(spec("sub/")).unwrap();
+    assert_eq!(f.read("/app/sub/a.txt"), "A");
+    f.run(spec("../top")).unwrap();
+    assert_eq!(f.read("/top"), "A");
+    f.run(spec("../../../../escape")).unwrap();
+    assert_eq!(f.read("/escape"), "A", "`..` stops at the root");
+}
+
+#[test]
+fn directory_sources_copy_contents_with_metadata() {
+    let f = Fixture::new(&[("src/a", "1"), ("src/sub/b", "2")], "");
+    let ctx = f.ctx_path();
+    std::fs::set_permissions(
+        ctx.join("src/sub/b"),
+        std::fs::Permissions::from_mode(0o4751),
+    )
+    .unwrap();
+    std::fs::set_permissions(ctx.join("src/sub"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("sub/b", ctx.join("src/link")).unwrap();
+    symlink("/etc/shadow", ctx.join("src/abs")).unwrap();
+    let when = std::fs::FileTimes::new()
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000));
+    std::fs::File::options()
+        .write(true)
+        .open(ctx.join("src/a"))
+        .unwrap()
+        .set_times(when)
+        .unwrap();
+    // The source directory's own mtime is set after its contents are complete.
+    std::fs::File::open(ctx.join("src/sub"))
+        .unwrap()
+        .set_times(when)
+        .unwrap();
+
+    f.copy(&["src"], "/out").unwrap();
+    assert_eq!(f.read("/out/a"), "1");
+    assert_eq!(f.read("/out/sub/b"), "2");
+    assert!(!f.exists("/out/src"), "contents, not the directory itself");
+    assert_eq!(
+        f.meta("/out/sub/b").mode() & 0o7777,
+        0o4751,
+        "setuid survives chown"
+    );
+    assert_eq!(f.meta("/out/sub").mode() & 0o7777, 0o700);
+    assert_eq!(f.meta("/out").mode() & 0o7777, 0o755);
+    assert_eq!(f.meta("/out/a").mtime(), 1_000_000);
+    assert_eq!(f.meta("/out/sub").mtime(), 1_000_000);
+    let link = f.meta("/out/link");
+    assert!(link.file_type().is_symlink());
+    assert_eq!(
+        std::fs::read_link(f.root().join("out/abs")).unwrap(),
+        Path::new("/etc/shadow"),
+        "link targets are copied as written, never followed"
+    );
+
+    // An existing destination directory keeps its metadata.
+    std::fs::create_dir(f.root().join("keep")).unwrap();
+    std::fs::set_permissions(
+        f.root().join("keep"),
+        std::fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    f.copy(&["src"], "/keep").unwrap();
+    assert_eq!(f.meta("/keep").mode() & 0o7777, 0o750);
+    assert_eq!(f.read("/keep/sub/b"), "2");
+
+    // The context root itself.
+    f.copy(&["."], "/all/").unwrap();
+    assert_eq!(f.read("/all/src/a"), "1");
+}
+
+#[test]
+fn chown_and_chmod() {
+    let f = Fixture::new(&[("bin/tool", "#!/bin/sh\n"), ("conf", "c")], "");
+    std::fs::create_dir(f.root().join("etc")).unwrap();
+    std::fs::write(
+        f.root().join("etc/passwd"),
+        "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(f.root().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+    let owner = resolve_chown(f.root(), "app:staff").unwrap();
+    assert_eq!(owner, Owner { uid: 1000, gid: 50 });
+    f.run(CopySpec {
+        sources: vec!["bin".into(), "conf".into()],
+        dest: "/opt/x/".into(),
+        owner: Some(owner),
+        chmod: Some(parse_chmod("0750").unwrap()),
+        ..CopySpec::default()
+    })
+    .unwrap();
+    for p in ["/opt/x/tool", "/opt/x/conf"] {
+        let m = f.meta(p);
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (1000, 50, 0o750),
+            "{p}"
+        );
+    }
+    let parent = f.meta("/opt");
+    assert_eq!(
+        (parent.uid(), parent.mode() & 0o7777),
+        (1000, 0o755),
+        "created parents"
+    );
+    assert!(parse_chmod("u+x").is_err());
+    assert!(parse_chmod("17777").is_err());
+    assert!(parse_chmod("").is_err());
+}
+
+#[test]
+fn heredoc_sources() {
+    let f = Fixture::new(&[], "");
+    f.run(CopySpec {
+        sources: vec!["EOF".into()],
+        heredocs: vec![HeredocSource {
+            name: "EOF".into(),
+            content: "hello\n".into(),
+        }],
+        dest: "/etc/motd".into(),
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert_eq!(f.read("/etc/motd"), "hello\n");
+    assert_eq!(f.meta("/etc/motd").mode() & 0o7777, 0o644);
+    f.run(CopySpec {
+        sources: vec!["A".into(), "B".into()],
+        heredocs: vec![
+            HeredocSource {
+                name: "A".into(),
+                content: "a".into(),
+            },
+            HeredocSource {
+                name: "B".into(),
+                content: "b".into(),
+            },
+        ],
+        dest: "/d/".into(),
+        chmod: Some(0o600),
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert_eq!(f.read("/d/B"), "b");
+    assert_eq!(f.meta("/d/A").mode() & 0o7777, 0o600);
+}
+
+#[test]
+fn parents_and_excludes() {
+    let f = Fixture::new(
+        &[
+            ("app/a/b/c.txt", "c"),
+            ("app/a/b/d.go", "d"),
+            ("app/x/e.txt", "e"),
+            ("home.txt", "h"),
+            ("homer.md", "m"),
+        ],
+        "",
+    );
+    f.run(CopySpec {
+        sources: vec!["app/*/b/c.txt".into(), "home.txt".into()],
+        dest: "/p/".into(),
+        parents: true,
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert_eq!(f.read("/p/app/a/b/c.txt"), "c");
+    assert_eq!(f.read("/p/home.txt"), "h");
+    f.run(CopySpec {
+        sources: vec!["./app/./a/b".into()],
+        dest: "/q/".into(),
+        parents: true,
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert_eq!(
+        f.read("/q/a/b/d.go"),
+        "d",
+        "the path below the /./ pivot is kept"
+    );
+    f.run(CopySpec {
+        sources: vec!["hom*".into(), "app".into()],
+        dest: "/r/".into(),
+        excludes: vec!["*.txt".into(), "app/**/*.go".into()],
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert!(f.exists("/r/homer.md"));
+    assert!(!f.exists("/r/home.txt"));
+    assert!(
+        f.exists("/r/a/b/c.txt"),
+        "*.txt is anchored at the context root"
+    );
+    assert!(!f.exists("/r/a/b/d.go"));
+}
+
+#[test]
+fn ignored_and_missing_sources() {
+    let f = Fixture::new(
+        &[("keep", "k"), ("secret.key", "s"), ("d/x.key", "x")],
+        "*.key\n**/*.key\n",
+    );
+    let e = f.copy(&["secret.key"], "/").unwrap_err();
+    assert_eq!(e.to_string(), "COPY: \"/secret.key\": not found");
+    let e = f.copy(&["nope/*"], "/x/").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "COPY: \"nope/*\": no source files were specified"
+    );
+    f.copy(&["."], "/all/").unwrap();
+    assert!(f.exists("/all/keep"));
+    assert!(f.exists("/all/d"));
+    assert!(!f.exists("/all/secret.key") && !f.exists("/all/d/x.key"));
+}
+
+#[test]
+fn writes_never_leave_the_root() {
+    let outside = tempfile::tempdir().unwrap();
+    let f = Fixture::new(&[("a", "A"), ("dir/b", "B")], "");
+    // Links in the root filesystem pointing out of it, absolute and relative.
+    symlink(outside.path(), f.root().join("abs")).unwrap();
+    symlink("../../../../../../..", f.root().join("rel")).unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "untouched").unwrap();
+    symlink(&victim, f.root().join("target")).unwrap();
+
+    f.copy(&["a"], "/abs/").unwrap();
+    f.copy(&["dir"], "/rel/tmp/").unwrap();
+    f.copy(&["a"], "/target").unwrap();
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    let inside = outside.path().strip_prefix("/").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(f.root().join(inside).join("a")).unwrap(),
+        "A",
+        "the absolute link resolves inside the root"
+    );
+    assert_eq!(f.read("/tmp/b"), "B");
+    assert_eq!(
+        f.read("/target"),
+        "A",
+        "the link is replaced, not written through"
+    );
+    assert!(!f.meta("/target").file_type().is_symlink());
+}
+
+#[test]
+fn directory_and_file_conflicts() {
+    let f = Fixture::new(&[("a", "A"), ("d/x", "X")], "");
+    std::fs::create_dir_all(f.root().join("busy/a")).unwrap();
+    let e = f.copy(&["a"], "/busy/").unwrap_err();
+    assert!(matches!(e, CopyError::IsADirectory { .. }), "{e}");
+    std::fs::write(f.root().join("file"), "").unwrap();
+    let e = f.copy(&["d"], "/file").unwrap_err();
+    assert_eq!(e.to_string(), "cannot copy to non-directory: /file");
+}
+
+#[test]
+fn add_is_copy_for_plain_files_and_refuses_what_is_not_done_yet() {
+    let f = Fixture::new(&[("plain.txt", "p")], "");
+    let gz = f.ctx_path().join("x.tar.gz");
+    std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]).unwrap();
+    let add = |sources: &[&str], unpack| CopySpec {
+        is_add: true,
+        sources: sources.iter().map(|s| s.to_string()).collect(),
+        dest: "/".into(),
+        unpack,
+        ..CopySpec::default()
+    };
+    f.run(add(&["plain.txt"], None)).unwrap();
+    assert_eq!(f.read("/plain.txt"), "p");
+    assert!(matches!(
+        f.run(add(&["x.tar.gz"], None)),
+        Err(CopyError::Unsupported { .. })
+    ));
+    f.run(add(&["x.tar.gz"], Some(false))).unwrap();
+    assert!(f.exists("/x.tar.gz"));
+    let e = f
+        .run(add(&["https://example.invalid/f"], None))
+        .unwrap_err();
+    assert!(e.to_string().contains("https://example.invalid/f"), "{e}");
+}
+
+#[test]
+fn plans_are_inspectable() {
+    let f = Fixture::new(&[("a", "A")], "");
+    let plan = copy::plan(
+        &f.ctx,
+        &CopySpec {
+            sources: vec!["a".into()],
+            dest: "/x/y/".into(),
+            ..CopySpec::default()
+        },
+        f.root(),
+    )
+    .unwrap();
+    let dests: Vec<_> = plan.ops.iter().map(|o| o.dest.as_str()).collect();
+    assert_eq!(dests, ["/x", "/x/y", "/x/y/a"]);
+    assert!(matches!(plan.ops[2].source, OpSource::File(_)));
+    assert_eq!(plan.ops[2].source_rel.as_deref(), Some("a"));
+    assert!(!f.exists("/x"), "planning writes nothing");
+}
