@@ -42,7 +42,9 @@ pub enum CopyError {
         keyword: String,
     },
     /// A `--chmod` value that is not an octal mode.
-    #[error("invalid chmod parameter: {value:?} (an octal mode such as 0755 is expected)")]
+    #[error(
+        "invalid chmod parameter: '{value}'. it should be octal string and between 0 and 07777"
+    )]
     BadChmod {
         /// The value as given.
         value: String,
@@ -189,7 +191,7 @@ pub fn parse_chmod(value: &str) -> Result<u32, CopyError> {
 
 /// The absolute destination for `dest` under `workdir`, and whether it names a directory.
 pub fn destination(workdir: &str, dest: &str) -> (String, bool) {
-    let is_dir = dest.is_empty() || dest == "." || dest.ends_with('/') || dest.ends_with("/.");
+    let is_dir = dest.is_empty() || dest == "." || dest.ends_with('/');
     let abs = if dest.starts_with('/') {
         clean(dest)
     } else {

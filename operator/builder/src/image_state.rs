@@ -4,8 +4,10 @@
 //! where BuildKit expands (ENV/ARG/LABEL keys and values, EXPOSE, USER, WORKDIR, VOLUME,
 //! STOPSIGNAL, COPY/ADD sources, destination and flags — never CMD, ENTRYPOINT, RUN, SHELL or
 //! HEALTHCHECK) and the history text BuildKit records for each. Build-time ARG values live
-//! here too: RUN sees them as environment, the image config never does. The state is a plain
-//! serde struct; mapping it into an OCI image config is the OCI crate's business.
+//! here too: like BuildKit, an ARG with a value enters the stage's *build* environment (what
+//! expansion and RUN see, where ARG and ENV overwrite each other, last one wins) but never the
+//! image config's Env. The state is a plain serde struct; mapping it into an OCI image config
+//! is the OCI crate's business.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -133,6 +135,9 @@ pub struct ImageState {
     pub on_build: Vec<String>,
     /// Build-time ARGs in scope, in declaration order; never part of the image config.
     pub args: Vec<ArgValue>,
+    /// The build environment: ENV and valued ARGs in order of first definition, a later
+    /// ENV or ARG of the same name replacing the value in place (BuildKit's LLB state env).
+    pub build_env: Vec<(String, String)>,
     /// Whether this stage set CMD itself (ENTRYPOINT then keeps it).
     pub cmd_set: bool,
 }
@@ -181,8 +186,8 @@ impl HistoryEntry {
 /// What applying one instruction produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// The history entry.
-    pub history: HistoryEntry,
+    /// The history entry (`None` for ONBUILD, which BuildKit records in the config only).
+    pub history: Option<HistoryEntry>,
     /// Build ARGs whose values the instruction read (for its cache key).
     pub used_args: BTreeSet<String>,
 }
@@ -207,24 +212,26 @@ pub struct ExpandedTransfer {
 impl ImageState {
     /// The state of `FROM scratch`.
     pub fn scratch() -> Self {
-        Self::default().with_default_path()
+        Self::default().start_stage()
     }
 
-    /// Makes sure PATH is set, as BuildKit does for every Linux stage.
-    pub fn with_default_path(mut self) -> Self {
+    /// Prepares a state filled from a base image's config (or a parent stage) for a new
+    /// stage: PATH set if the base has none (as BuildKit does for every Linux stage), the
+    /// build environment reset to the config's Env, and what is per stage (ARGs, "CMD set
+    /// here") dropped.
+    pub fn start_stage(mut self) -> Self {
         if !self.env.iter().any(|(k, _)| k == "PATH") {
             self.env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
+        self.build_env = self.env.clone();
+        self.args.clear();
+        self.cmd_set = false;
         self
     }
 
-    /// Starts a stage from a parent stage's state: config kept, ARGs and the "CMD set here"
-    /// mark dropped (they are per stage).
+    /// A new stage starting from this one (`FROM <stage>`).
     pub fn child(&self) -> Self {
-        let mut s = self.clone();
-        s.args.clear();
-        s.cmd_set = false;
-        s
+        self.clone().start_stage()
     }
 
     /// Takes the ONBUILD triggers inherited from a base image, to run them first; the new
@@ -245,29 +252,15 @@ impl ImageState {
         self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
     }
 
-    /// What `$NAME` expands to: ARG values, shadowed by ENV of the same name (Docker: "ENV
-    /// always overrides an ARG of the same name").
+    /// What `$NAME` expands to: the build environment.
     pub fn expansion_env(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .args
-            .iter()
-            .filter_map(|a| a.value.clone().map(|v| (a.name.clone(), v)))
-            .collect();
-        out.extend(self.env.iter().cloned());
-        out
+        self.build_env.clone()
     }
 
-    /// The environment of a RUN: ENV in order, then the ARGs with values not shadowed by ENV,
-    /// then predefined proxy build args even if undeclared.
+    /// The environment of a RUN: the build environment, then predefined proxy build args
+    /// even if undeclared.
     pub fn run_env(&self, args: &ArgSource) -> Vec<(String, String)> {
-        let mut out = self.env.clone();
-        for a in &self.args {
-            if let Some(v) = &a.value
-                && !out.iter().any(|(k, _)| k == &a.name)
-            {
-                out.push((a.name.clone(), v.clone()));
-            }
-        }
+        let mut out = self.build_env.clone();
         for name in PREDEFINED_ARGS {
             if let Some(v) = args.build_args.get(*name)
                 && !out.iter().any(|(k, _)| k == name)
@@ -296,7 +289,9 @@ impl ImageState {
         let env = self.run_env(args);
         let mut seen: Vec<(String, String)> = Vec::new();
         for a in &self.args {
-            let v = lookup(&env, &a.name).unwrap_or_default();
+            let v = lookup(&env, &a.name)
+                .or_else(|| a.value.clone())
+                .unwrap_or_default();
             match seen.iter_mut().find(|(k, _)| k == &a.name) {
                 Some(slot) => slot.1 = v,
                 None => seen.push((a.name.clone(), v)),
@@ -322,22 +317,28 @@ impl ImageState {
         instruction: &'static str,
         word: &str,
     ) -> Result<Expanded, StateError> {
-        lex.process_word(word, &self.expansion_env())
+        lex.process_word(word, &self.build_env)
             .map_err(|e| StateError::Expansion {
                 instruction,
                 message: e.to_string(),
             })
     }
 
-    /// Which of `matched` are ARGs (not shadowed by ENV).
+    /// Which of `matched` are declared ARGs. One shadowed by a later ENV is still listed: a
+    /// needless cache miss is harmless, a missed dependency is not.
     fn args_among(&self, matched: &BTreeSet<String>) -> BTreeSet<String> {
         matched
             .iter()
-            .filter(|n| {
-                self.args.iter().any(|a| &a.name == *n) && !self.env.iter().any(|(k, _)| k == *n)
-            })
+            .filter(|n| self.args.iter().any(|a| &a.name == *n))
             .cloned()
             .collect()
+    }
+
+    fn set_build_env(&mut self, name: &str, value: &str) {
+        match self.build_env.iter_mut().find(|(k, _)| k == name) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.build_env.push((name.to_string(), value.to_string())),
+        }
     }
 
     /// Expands a COPY/ADD's sources, destination, `--chown`, `--chmod` and `--exclude`.
@@ -380,16 +381,17 @@ impl ImageState {
         })
     }
 
-    /// BuildKit's history text for a COPY/ADD, from the expanded words.
+    /// BuildKit's history text for a COPY/ADD, from the expanded words: keyword,
+    /// `--parents`, `--chown=`, `--chmod=` (never `--from`), the path sources, then the heredoc
+    /// sources as `<<NAME`, then the destination.
     pub fn transfer_history(
         keyword: &str,
-        from: Option<&str>,
         transfer: &Transfer,
         expanded: &ExpandedTransfer,
     ) -> HistoryEntry {
         let mut text = keyword.to_string();
-        if let Some(from) = from {
-            text.push_str(&format!(" --from={from}"));
+        if transfer.parents {
+            text.push_str(" --parents");
         }
         if let Some(c) = &expanded.chown {
             text.push_str(&format!(" --chown={c}"));
@@ -397,13 +399,13 @@ impl ImageState {
         if let Some(c) = &expanded.chmod {
             text.push_str(&format!(" --chmod={c}"));
         }
-        for s in &expanded.sources {
-            if transfer.heredocs.iter().any(|h| &h.name == s) {
-                text.push_str(&format!(" <<{s}"));
-            } else {
-                text.push(' ');
-                text.push_str(s);
-            }
+        let is_heredoc = |s: &String| transfer.heredocs.iter().any(|h| &h.name == s);
+        for s in expanded.sources.iter().filter(|s| !is_heredoc(s)) {
+            text.push(' ');
+            text.push_str(s);
+        }
+        for s in expanded.sources.iter().filter(|s| is_heredoc(s)) {
+            text.push_str(&format!(" <<{s}"));
         }
         text.push(' ');
         text.push_str(&expanded.dest);
@@ -429,6 +431,7 @@ impl ImageState {
                         Some(slot) => slot.1 = v.clone(),
                         None => self.env.push((k.clone(), v.clone())),
                     }
+                    self.set_build_env(k, v);
                 }
                 HistoryEntry::metadata(format!("ENV {}", kv_text(&expanded)))
             }
@@ -444,56 +447,52 @@ impl ImageState {
                 HistoryEntry::metadata(format!("MAINTAINER {name}"))
             }
             Instruction::Arg(decls) => {
+                // One ARG instruction is dispatched name by name, so `ARG A=1 B=$A` sees
+                // the new A; names are never expanded. The history shows the value in force
+                // (a --build-arg wins over the default).
                 let mut parts = Vec::new();
-                let mut values = Vec::new();
                 for d in decls {
-                    let name_e = self.expand(lex, "ARG", &d.name)?;
-                    let name = name_e.value;
-                    if name.is_empty() {
-                        return Err(StateError::EmptyName {
-                            instruction: "ARG",
-                            word: d.name.clone(),
-                        });
-                    }
-                    let default = match &d.default {
-                        Some(text) => {
-                            let e = self.expand(lex, "ARG", text)?;
-                            used.extend(self.args_among(&e.matched));
-                            Some(e.value)
-                        }
-                        None => None,
+                    let name = d.name.clone();
+                    let value = if let Some(v) = args.build_args.get(&name) {
+                        Some(v.clone())
+                    } else if let Some(text) = &d.default {
+                        let e = self.expand(lex, "ARG", text)?;
+                        used.extend(self.args_among(&e.matched));
+                        Some(e.value)
+                    } else {
+                        lookup(&args.global, &name)
                     };
-                    parts.push(match &default {
+                    parts.push(match &value {
                         Some(v) => format!("{name}={v}"),
                         None => name.clone(),
                     });
-                    let value = args
-                        .build_args
-                        .get(&name)
-                        .cloned()
-                        .or(default)
-                        .or_else(|| lookup(&args.global, &name));
-                    values.push(ArgValue { name, value });
-                }
-                for v in values {
-                    self.args.retain(|a| a.name != v.name);
-                    self.args.push(v);
+                    if let Some(v) = &value {
+                        self.set_build_env(&name, v);
+                    }
+                    self.args.push(ArgValue { name, value });
                 }
                 HistoryEntry::metadata(format!("ARG {}", parts.join(" ")))
             }
             Instruction::Expose(ports) => {
-                let mut written = Vec::new();
+                // EXPOSE splits words after expansion; the history prints the parsed set the
+                // way Go prints a map (`map[80/tcp:{} 53/udp:{}]`, keys sorted).
+                let mut these = BTreeSet::new();
                 for p in ports {
                     let e = self.expand(lex, "EXPOSE", p)?;
                     used.extend(self.args_among(&e.matched));
-                    for word in e.value.split_whitespace() {
-                        for key in parse_port_spec(word)? {
-                            self.exposed_ports.insert(key);
+                    let words = lex.process_words(p, &self.build_env).map_err(|e| {
+                        StateError::Expansion {
+                            instruction: "EXPOSE",
+                            message: e.to_string(),
                         }
-                        written.push(word.to_string());
+                    })?;
+                    for word in words {
+                        these.extend(parse_port_spec(&word)?);
                     }
                 }
-                HistoryEntry::metadata(format!("EXPOSE {}", written.join(" ")))
+                let shown: Vec<String> = these.iter().map(|p| format!("{p}:{{}}")).collect();
+                self.exposed_ports.extend(these);
+                HistoryEntry::metadata(format!("EXPOSE map[{}]", shown.join(" ")))
             }
             Instruction::Cmd(cmd) => {
                 let argv = self.command_argv(cmd);
@@ -511,7 +510,7 @@ impl ImageState {
             }
             Instruction::Shell(argv) => {
                 self.shell = Some(argv.clone());
-                HistoryEntry::metadata(format!("SHELL {}", go_slice(argv)))
+                HistoryEntry::metadata(format!("SHELL {}", go_print_slice(argv)))
             }
             Instruction::Volume(volumes) => {
                 let mut list = Vec::new();
@@ -524,7 +523,7 @@ impl ImageState {
                     list.push(e.value);
                 }
                 self.volumes.extend(list.iter().cloned());
-                HistoryEntry::metadata(format!("VOLUME {}", go_slice(&list)))
+                HistoryEntry::metadata(format!("VOLUME {}", go_print_slice(&list)))
             }
             Instruction::User(user) => {
                 let e = self.expand(lex, "USER", user)?;
@@ -609,11 +608,14 @@ impl ImageState {
             }
             Instruction::Onbuild { expression, .. } => {
                 self.on_build.push(expression.clone());
-                HistoryEntry::metadata(format!("ONBUILD {expression}"))
+                return Ok(Applied {
+                    history: None,
+                    used_args: used,
+                });
             }
         };
         Ok(Applied {
-            history,
+            history: Some(history),
             used_args: used,
         })
     }
@@ -669,6 +671,11 @@ fn kv_text(pairs: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Go's `%v` of a `[]string`: `[a b]`.
+fn go_print_slice(items: &[String]) -> String {
+    format!("[{}]", items.join(" "))
 }
 
 /// Go's `%q` of a `[]string`: `["a" "b"]`.
@@ -775,11 +782,11 @@ const SIGNALS: &[&str] = &[
     "RTMAX",
 ];
 
-/// Whether `s` names a Linux signal: a number 1–64, a name with or without `SIG`, or
-/// `RTMIN+n` / `RTMAX-n`.
+/// Whether `s` names a signal the way moby's `signal.ParseSignal` accepts it: any non-zero
+/// number, or a name (any case, with or without `SIG`, `RTMIN+n` / `RTMAX-n` included).
 fn valid_signal(s: &str) -> bool {
-    if let Ok(n) = s.parse::<u32>() {
-        return (1..=64).contains(&n);
+    if let Ok(n) = s.parse::<i64>() {
+        return n != 0;
     }
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -801,7 +808,8 @@ mod tests {
     use super::*;
     use stagecoach_dockerfile::Dockerfile;
 
-    /// Applies every metadata instruction of the last stage; returns the history texts.
+    /// Applies every instruction of the last stage; returns the history texts (`-` where
+    /// there is none).
     fn run(text: &str, args: &ArgSource) -> (ImageState, Vec<String>) {
         let d = Dockerfile::parse(text).unwrap();
         let lex = ShellLex::new(d.escape);
@@ -809,14 +817,14 @@ mod tests {
         let mut history = Vec::new();
         for i in &d.stages.last().unwrap().instructions {
             let h = match &i.instruction {
-                Instruction::Run(r) => s.run_history(r, args),
+                Instruction::Run(r) => Some(s.run_history(r, args)),
                 Instruction::Copy(c) => {
                     let e = s.expand_transfer(&lex, "COPY", &c.transfer).unwrap();
-                    ImageState::transfer_history("COPY", c.from.as_deref(), &c.transfer, &e)
+                    Some(ImageState::transfer_history("COPY", &c.transfer, &e))
                 }
                 other => s.apply(&lex, other, args).unwrap().history,
             };
-            history.push(h.created_by);
+            history.push(h.map_or_else(|| "-".to_string(), |h| h.created_by));
         }
         (s, history)
     }
@@ -848,26 +856,38 @@ mod tests {
         let text = "FROM scratch\nARG V=1 W=$V\nARG G\nARG TARGETARCH\nARG NONE\nENV E=$V\nRUN make\nLABEL w=$W\n";
         let (s, h) = run(text, &args);
         assert_eq!(
-            h[0], "ARG V=1 W=",
-            "history shows defaults as written, expanded"
+            h[0], "ARG V=2 W=2",
+            "names are read one by one; history shows the value in force"
         );
         assert_eq!(lookup(&s.env, "E").unwrap(), "2");
         assert!(
             lookup(&s.env, "V").is_none(),
             "ARGs never reach the config env"
         );
-        assert_eq!(s.labels["w"], "");
+        assert_eq!(s.labels["w"], "2");
         let env = s.run_env(&args);
         assert_eq!(lookup(&env, "G").unwrap(), "global");
         assert_eq!(lookup(&env, "TARGETARCH").unwrap(), "amd64");
         assert_eq!(lookup(&env, "http_proxy").unwrap(), "http://p");
         assert_eq!(
             h[5],
-            "RUN |5 V=2 W= G=global TARGETARCH=amd64 NONE= /bin/sh -c make # buildkit"
+            "RUN |5 V=2 W=2 G=global TARGETARCH=amd64 NONE= /bin/sh -c make # buildkit"
         );
-        // ENV shadows an ARG of the same name, whatever the order.
-        let (s, _) = run("FROM scratch\nENV X=env\nARG X=arg\nENV Y=$X\n", &args);
+        // ENV after ARG shadows it; an ARG after ENV overrides it in the build environment
+        // (BuildKit's state env) while the config keeps the ENV value.
+        let (s, _) = run("FROM scratch\nARG X=arg\nENV X=env\nENV Y=$X\n", &args);
         assert_eq!(lookup(&s.env, "Y").unwrap(), "env");
+        let (s, h) = run(
+            "FROM scratch\nENV X=env\nARG X=arg\nENV Y=$X\nRUN x\n",
+            &args,
+        );
+        assert_eq!(lookup(&s.env, "Y").unwrap(), "arg");
+        assert_eq!(lookup(&s.env, "X").unwrap(), "env");
+        assert_eq!(h[3], "RUN |1 X=arg /bin/sh -c x # buildkit");
+        // A new stage forgets the ARGs.
+        let child = s.child();
+        assert!(child.args.is_empty());
+        assert_eq!(lookup(&child.build_env, "X").unwrap(), "env");
     }
 
     #[test]
@@ -900,7 +920,9 @@ mod tests {
             "CMD is never expanded and uses the current SHELL"
         );
         assert_eq!(h[0], "CMD [\"serve\"]");
-        assert_eq!(h[2], "SHELL [\"/bin/bash\" \"-c\"]");
+        assert_eq!(h[1], "ENTRYPOINT [\"/app\"]");
+        assert_eq!(h[2], "SHELL [/bin/bash -c]");
+        assert_eq!(h[3], "CMD [\"/bin/bash\" \"-c\" \"echo $HOME\"]");
 
         // An inherited CMD is reset by ENTRYPOINT; one set in this stage is kept.
         let mut base = ImageState::scratch();
@@ -921,7 +943,7 @@ mod tests {
     #[test]
     fn ports_volumes_user_workdir_signal() {
         let (s, h) = run(
-            "FROM scratch\nARG P=8080\nEXPOSE 80 $P/udp 8000-8002\nVOLUME /data [\"/a\"]\nUSER app:$P\nWORKDIR /srv\nWORKDIR app/../www\nSTOPSIGNAL SIGQUIT\nMAINTAINER me@x\n",
+            "FROM scratch\nARG P=8080\nEXPOSE 80 $P/udp 8000-8002\nVOLUME /data [\"/a\"]\nUSER app:$P\nWORKDIR /srv\nWORKDIR app/../www\nSTOPSIGNAL SIGQUIT\nMAINTAINER me@x\nWORKDIR /\n",
             &ArgSource::default(),
         );
         let ports: Vec<_> = s.exposed_ports.iter().cloned().collect();
@@ -929,19 +951,53 @@ mod tests {
             ports,
             ["80/tcp", "8000/tcp", "8001/tcp", "8002/tcp", "8080/udp"]
         );
-        assert_eq!(h[1], "EXPOSE 80 8080/udp 8000-8002");
+        assert_eq!(
+            h[1],
+            "EXPOSE map[80/tcp:{} 8000/tcp:{} 8001/tcp:{} 8002/tcp:{} 8080/udp:{}]"
+        );
         assert!(s.volumes.contains("/data"));
         assert_eq!(s.user, "app:8080");
-        assert_eq!(s.working_dir, "/srv/www");
+        assert_eq!(h[3], "USER app:8080");
         assert_eq!(h[4], "WORKDIR /srv");
+        assert_eq!(h[5], "WORKDIR /srv/www");
         assert_eq!(s.stop_signal.as_deref(), Some("SIGQUIT"));
-        assert_eq!(s.author.as_deref(), Some("me@x"));
+        assert_eq!(
+            s.author.as_deref(),
+            Some("me@x"),
+            "MAINTAINER sets the author"
+        );
+        assert!(s.labels.is_empty());
         assert_eq!(h[7], "MAINTAINER me@x");
+        assert_eq!(s.working_dir, "/");
         assert!(parse_port_spec("80/xyz").is_err());
         assert!(parse_port_spec("90-80").is_err());
         assert!(parse_port_spec("70000").is_err());
         assert_eq!(parse_port_spec("127.0.0.1:8080:80").unwrap(), ["80/tcp"]);
-        assert!(!valid_signal("SIGFOO") && valid_signal("9") && valid_signal("RTMIN+3"));
+        assert!(!valid_signal("SIGFOO") && valid_signal("9") && valid_signal("rtmin+3"));
+        assert!(!valid_signal("0"));
+    }
+
+    #[test]
+    fn workdir_history_layers() {
+        let d = Dockerfile::parse("FROM scratch\nWORKDIR /app\nWORKDIR /\n").unwrap();
+        let lex = ShellLex::new('\\');
+        let mut s = ImageState::scratch();
+        let hist: Vec<_> = d.stages[0]
+            .instructions
+            .iter()
+            .map(|i| {
+                s.apply(&lex, &i.instruction, &ArgSource::default())
+                    .unwrap()
+                    .history
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            !hist[0].empty_layer,
+            "WORKDIR /app may create the directory"
+        );
+        assert!(hist[1].empty_layer);
+        assert_eq!(hist[0].comment, HISTORY_COMMENT);
     }
 
     #[test]
@@ -954,25 +1010,25 @@ mod tests {
             h[0],
             "HEALTHCHECK &{[\"CMD-SHELL\" \"curl -f http://localhost/ || exit 1\"] \"1m30s\" \"3s\" \"0s\" \"0s\" '\\x03'}"
         );
-        assert_eq!(h[1], "ONBUILD RUN echo $X");
+        assert_eq!(h[1], "-", "ONBUILD adds no history entry");
         assert_eq!(s.take_onbuild_triggers(), ["RUN echo $X"]);
         assert!(s.on_build.is_empty());
         assert_eq!(go_duration(1_500_000), "1.5ms");
         assert_eq!(go_duration(3_723_000_000_000), "1h2m3s");
         assert_eq!(go_duration(500), "500ns");
+        assert_eq!(go_quote_rune(0), "'\\x00'");
+        assert_eq!(go_quote_rune(10), "'\\n'");
+        assert_eq!(go_quote_rune(65), "'A'");
     }
 
     #[test]
     fn copy_words_expand() {
         let (_, h) = run(
-            "FROM scratch\nARG D=/dst U=1000\nCOPY --chown=$U:$U --from=build src/$U ${D}/\nCOPY <<EOF /f\n$D\nEOF\n",
+            "FROM scratch\nARG D=/dst U=1000\nCOPY --chown=$U:$U --from=build src/$U ${D}/\nCOPY --parents --chmod=0644 <<EOF a /f/\n$D\nEOF\n",
             &ArgSource::default(),
         );
-        assert_eq!(
-            h[1],
-            "COPY --from=build --chown=1000:1000 src/1000 /dst/ # buildkit"
-        );
-        assert_eq!(h[2], "COPY <<EOF /f # buildkit");
+        assert_eq!(h[1], "COPY --chown=1000:1000 src/1000 /dst/ # buildkit");
+        assert_eq!(h[2], "COPY --parents --chmod=0644 a <<EOF /f/ # buildkit");
     }
 
     #[test]
