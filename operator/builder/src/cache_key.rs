@@ -168,6 +168,7 @@ pub fn digest_copy_plan(plan: &CopyPlan) -> Result<String, CacheKeyError> {
             OpSource::File(path) => f.field(b'c', file_digest(path)?.as_bytes()),
             OpSource::Content(bytes) => f.field(b'c', hex(&Sha256::digest(bytes)).as_bytes()),
             OpSource::Link(target) => f.field(b'l', target.as_bytes()),
+            OpSource::HardLink(first) => f.field(b'h', first.as_bytes()),
         }
     }
     Ok(f.finish())

@@ -102,6 +102,9 @@ pub struct Source {
     pub path: PathBuf,
     /// The file type after following.
     pub kind: FileKind,
+    /// For a wildcard match: its path below the wildcard's literal prefix directory (what
+    /// `--exclude` patterns see for a matched entry itself).
+    pub match_rel: Option<String>,
 }
 
 /// A file or directory found under a directory source.
@@ -117,6 +120,10 @@ pub struct Entry {
     pub mode: u32,
     /// Modification time, seconds and nanoseconds since the epoch.
     pub mtime: (i64, u32),
+    /// Device and inode, to keep hard links within one copy.
+    pub inode: (u64, u64),
+    /// Link count (a regular file with more than one may share its inode with another entry).
+    pub nlink: u64,
 }
 
 impl Entry {
@@ -127,6 +134,8 @@ impl Entry {
             kind: FileKind::of(meta),
             mode: meta.mode() & 0o7777,
             mtime: (meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0)),
+            inode: (meta.dev(), meta.ino()),
+            nlink: meta.nlink(),
         }
     }
 }
@@ -208,7 +217,10 @@ impl BuildContext {
         } else {
             full.split('/').collect()
         };
-        let wildcard = components.iter().any(|c| pattern::has_meta(c));
+        let first_meta = components.iter().position(|c| pattern::has_meta(c));
+        let wildcard = first_meta.is_some();
+        // Length of the literal directory prefix a wildcard match is relative to.
+        let literal_len = first_meta.map(|i| components[..i].join("/").len());
         let mut candidates: Vec<String> = vec![String::new()];
         for component in &components {
             if !pattern::has_meta(component) {
@@ -260,11 +272,18 @@ impl BuildContext {
                 .unwrap_or("")
                 .trim_start_matches('/')
                 .to_string();
+            let match_rel = literal_len.map(|n| {
+                rel.get(n..)
+                    .unwrap_or("")
+                    .trim_start_matches('/')
+                    .to_string()
+            });
             out.push(Source {
                 keep: if parents { keep } else { String::new() },
                 rel,
                 path: resolved.path,
                 kind,
+                match_rel,
             });
         }
         if out.is_empty() {
@@ -277,8 +296,9 @@ impl BuildContext {
 
     /// Everything under a directory source, sorted, with ignored and `excludes`-matched
     /// entries left out (an excluded directory is still entered when some pattern is an
-    /// exception, and kept only if it holds something). `excludes` match paths relative to
-    /// the context root, like `.dockerignore`.
+    /// exception, and kept only if it holds something). As in BuildKit's copier, `excludes`
+    /// match paths relative to the source directory (`COPY --exclude=setup/** root/ /`
+    /// drops `root/setup`).
     pub fn walk(
         &self,
         source: &Source,
@@ -289,16 +309,21 @@ impl BuildContext {
             .strip_prefix(&self.root)
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        self.walk_dir(&source.path, &base, &source.rel, excludes)
+        self.walk_dir(&source.path, &base, "", excludes)
     }
 
-    /// Whether `--exclude` patterns drop a top-level source (matched by its named path).
+    /// Whether `--exclude` patterns drop a top-level source: only wildcard matches can be,
+    /// by their path below the wildcard's literal prefix (`COPY --exclude=*.txt hom* /d/`
+    /// skips `home.txt`); a source named literally is always copied.
     pub fn excluded(source: &Source, excludes: &PatternMatcher) -> bool {
-        !source.rel.is_empty() && excludes.matches(&source.rel)
+        source
+            .match_rel
+            .as_deref()
+            .is_some_and(|m| !m.is_empty() && excludes.matches(m))
     }
 
     /// `ctx_rel` is the directory's real path in the context (for `.dockerignore`),
-    /// `named_rel` its path as the user named it (for `--exclude`).
+    /// `named_rel` the prefix `--exclude` patterns see before paths below it.
     fn walk_dir(
         &self,
         dir: &Path,
@@ -502,6 +527,10 @@ mod tests {
             .collect();
         assert_eq!(kept, ["home.md", "homer.go"]);
         let app = &ctx.resolve("app", false).unwrap()[0];
+        assert!(!BuildContext::excluded(
+            app,
+            &PatternMatcher::new(&["app"]).unwrap()
+        ));
         let ex = PatternMatcher::new(&["**/*.go"]).unwrap();
         let names: Vec<_> = ctx
             .walk(app, &ex)

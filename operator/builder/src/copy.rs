@@ -13,7 +13,10 @@
 //!   source's;
 //! * files are owned 0:0 unless `--chown`; modes and mtimes are kept unless `--chmod`
 //!   (applied to files and directories alike); symlinks are copied as symlinks;
-//! * `--parents` keeps each source's path (below a `/./` pivot) under the destination.
+//! * `--parents` keeps each source's path (below a `/./` pivot) under the destination;
+//! * `--exclude` patterns match paths below a directory source, and a wildcard match by its
+//!   path below the wildcard's literal prefix;
+//! * files sharing an inode in the source share one in the copy (hard links kept).
 //!
 //! Writing never follows a symlink out of the root: parents are resolved as if chrooted and
 //! the last component of a file or symlink is replaced, never written through.
@@ -148,6 +151,9 @@ pub enum OpSource {
     Content(Vec<u8>),
     /// A symlink target, copied as written.
     Link(String),
+    /// A hard link to a file an earlier op of the same plan wrote (absolute path in the
+    /// root): files sharing an inode in the source share one in the copy.
+    HardLink(String),
 }
 
 /// One thing to create in the root filesystem.
@@ -247,6 +253,8 @@ struct Planner<'a> {
     owner: Owner,
     ensured: BTreeSet<String>,
     ops: Vec<CopyOp>,
+    /// First destination of each multiply-linked source inode.
+    inodes: std::collections::BTreeMap<(u64, u64), String>,
 }
 
 impl Planner<'_> {
@@ -331,6 +339,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
         owner,
         ensured: BTreeSet::new(),
         ops: Vec::new(),
+        inodes: std::collections::BTreeMap::new(),
     };
     for item in items {
         match item {
@@ -364,10 +373,22 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     let (source, mode) = match entry.kind {
                         FileKind::Other => continue,
                         FileKind::Dir => (OpSource::None, spec.chmod.unwrap_or(entry.mode)),
-                        FileKind::File => (
-                            OpSource::File(entry.path.clone()),
-                            spec.chmod.unwrap_or(entry.mode),
-                        ),
+                        FileKind::File => {
+                            let dest = join_abs(&top, &entry.rel);
+                            let source = match (entry.nlink > 1)
+                                .then(|| p.inodes.get(&entry.inode))
+                                .flatten()
+                            {
+                                Some(first) => OpSource::HardLink(first.clone()),
+                                None => {
+                                    if entry.nlink > 1 {
+                                        p.inodes.insert(entry.inode, dest);
+                                    }
+                                    OpSource::File(entry.path.clone())
+                                }
+                            };
+                            (source, spec.chmod.unwrap_or(entry.mode))
+                        }
                         FileKind::Symlink => {
                             let target =
                                 std::fs::read_link(&entry.path).map_err(|e| CopyError::Io {
@@ -540,6 +561,10 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
                     .map_err(io_err("writing", &op.dest))?;
                 drop(output);
                 set_metadata(&target, op, options, &op.dest)?;
+            }
+            OpSource::HardLink(first) => {
+                let existing = rootpath::resolve(rootfs, first, false)?.path;
+                std::fs::hard_link(&existing, &target).map_err(io_err("linking", &op.dest))?;
             }
             OpSource::None => {}
         }
