@@ -73,7 +73,22 @@ pub fn read(dir: &Path) -> Result<Vec<String>, IgnoreError> {
 #[derive(Debug, Clone)]
 struct Rule {
     glob: Glob,
+    /// Set for `**` followed only by literal text: moby then compares string suffixes
+    /// instead of using its regex, so `**file` also matches `xfile`.
+    suffix: Option<String>,
     exclusion: bool,
+}
+
+impl Rule {
+    fn matches(&self, path: &str) -> bool {
+        match &self.suffix {
+            Some(suffix) => {
+                path.ends_with(suffix.as_str())
+                    || suffix.strip_prefix('/').is_some_and(|s| s == path)
+            }
+            None => self.glob.matches(path),
+        }
+    }
 }
 
 /// A compiled list of patterns.
@@ -98,8 +113,13 @@ impl PatternMatcher {
                 Some(rest) => (true, rest),
                 None => (false, cleaned.as_str()),
             };
+            let suffix = body
+                .strip_prefix("**")
+                .filter(|rest| !rest.contains(['*', '?', '[', ']', '\\']))
+                .map(str::to_string);
             rules.push(Rule {
                 glob: Glob::new(body, Flavor::Path)?,
+                suffix,
                 exclusion,
             });
         }
@@ -133,7 +153,7 @@ impl PatternMatcher {
             if rule.exclusion != matched {
                 continue;
             }
-            let mut hit = rule.glob.matches(&path);
+            let mut hit = rule.matches(&path);
             if !hit && parent != "." {
                 let mut prefix = String::new();
                 for dir in &parents {
@@ -141,7 +161,7 @@ impl PatternMatcher {
                         prefix.push('/');
                     }
                     prefix.push_str(dir);
-                    if rule.glob.matches(&prefix) {
+                    if rule.matches(&prefix) {
                         hit = true;
                         break;
                     }
@@ -230,6 +250,73 @@ mod tests {
         // An exception cannot re-include below a directory excluded by a later pattern.
         let m = pm("!docs/keep.md\ndocs\n");
         assert!(m.matches("docs/keep.md"));
+    }
+
+    /// Behaviour of moby's matcher (`MatchesOrParentMatches`) on single patterns, including
+    /// its string-suffix shortcut for `**` followed by literal text.
+    #[test]
+    fn moby_matcher_behaviour() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("**", "file", true),
+            ("**", "dir/file", true),
+            ("**/", "file", true),
+            ("**/**", "dir/file", true),
+            ("dir/**", "dir/file", true),
+            ("dir/**", "dir/dir2/file", true),
+            ("**/dir", "dir", true),
+            ("**/dir", "dir/file", true),
+            ("**/dir", "adir", false),
+            ("**/dir2/*", "dir/dir2/file", true),
+            ("**/dir2/**", "dir/dir2/dir3/file", true),
+            ("**file", "file", true),
+            ("**file", "dir/file", true),
+            ("**file", "dir/xfile", true),
+            ("**/file", "dir/dir/file", true),
+            ("**/file*", "dir/dir/file.txt", true),
+            ("**/**/*.txt", "dir/dir/file.txt", true),
+            ("**/**/*.txt2", "dir/dir/file.txt", false),
+            ("**/*.txt", "file.txt", true),
+            ("a**/*.txt", "a/file.txt", true),
+            ("a**/*.txt", "a/dir/dir/file.txt", true),
+            ("a/*.txt", "a/dir/file.txt", false),
+            ("a/*.txt**", "a/file.txt", true),
+            ("a[b-d]e", "ace", true),
+            ("a[b-d]e", "aae", false),
+            ("a[^b-d]e", "aze", true),
+            (".*", ".foo", true),
+            (".*", "foo", false),
+            ("abc.def", "abcZdef", false),
+            ("abc?def", "abcZdef", true),
+            ("**/foo/bar", "foo/bar", true),
+            ("**/foo/bar", "dir/dir2/foo/bar", true),
+            ("abc/**", "abc", false),
+            ("abc/**", "abc/def/ghi", true),
+            ("**/.foo", ".foo", true),
+            ("**/.foo", "bar.foo", false),
+            ("**.foo", "bar.foo", true),
+            ("a(b)c/def", "a(b)c/def", true),
+            ("a.|)$(}+{bc", "a.|)$(}+{bc", true),
+            (
+                "dist/*.whl",
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                true,
+            ),
+            ("a\\\\", "a\\", true),
+            ("a\\*b", "a*b", true),
+        ];
+        for (pattern, path, want) in cases {
+            let m = PatternMatcher::new(&[*pattern]).unwrap();
+            assert_eq!(m.matches(path), *want, "pattern {pattern:?} path {path:?}");
+        }
+        let m = PatternMatcher::new(&["**", "!util/docker/web"]).unwrap();
+        assert!(!m.matches("util/docker/web/foo"));
+        let m = PatternMatcher::new(&["**", "!util/docker/web", "util/docker/web/foo"]).unwrap();
+        assert!(m.matches("util/docker/web/foo"));
+        let m = PatternMatcher::new(&["**", "!dist/*.whl"]).unwrap();
+        assert!(!m.matches("dist/x-1.0-py3-none-any.whl"));
+        for bad in ["[", "[^bc", "a[", "[]a]", "[-]", "[x-]", "\\", "[a-b-c]"] {
+            assert!(PatternMatcher::new(&[bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]
