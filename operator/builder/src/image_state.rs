@@ -447,16 +447,37 @@ impl ImageState {
                 HistoryEntry::metadata(format!("MAINTAINER {name}"))
             }
             Instruction::Arg(decls) => {
-                // One ARG instruction is dispatched name by name, so `ARG A=1 B=$A` sees
-                // the new A; names are never expanded. The history shows the value in force
-                // (a --build-arg wins over the default).
-                let mut parts = Vec::new();
+                // BuildKit expands every name and default of the instruction first, against
+                // the environment before it, then dispatches the names one by one and expands
+                // each default once more against the environment at that point. So
+                // `ARG A=1 B=$A` gives B the A from *before* the line, and a default is
+                // expanded twice. The history shows the value in force (a --build-arg wins).
+                let mut first_pass = Vec::new();
                 for d in decls {
-                    let name = d.name.clone();
+                    let name = self.expand(lex, "ARG", &d.name)?;
+                    used.extend(self.args_among(&name.matched));
+                    if name.value.is_empty() {
+                        return Err(StateError::EmptyName {
+                            instruction: "ARG",
+                            word: d.name.clone(),
+                        });
+                    }
+                    let default = match &d.default {
+                        Some(text) => {
+                            let e = self.expand(lex, "ARG", text)?;
+                            used.extend(self.args_among(&e.matched));
+                            Some(e.value)
+                        }
+                        None => None,
+                    };
+                    first_pass.push((name.value, default));
+                }
+                let mut parts = Vec::new();
+                for (name, default) in first_pass {
                     let value = if let Some(v) = args.build_args.get(&name) {
                         Some(v.clone())
-                    } else if let Some(text) = &d.default {
-                        let e = self.expand(lex, "ARG", text)?;
+                    } else if let Some(text) = default {
+                        let e = self.expand(lex, "ARG", &text)?;
                         used.extend(self.args_among(&e.matched));
                         Some(e.value)
                     } else {
@@ -856,22 +877,22 @@ mod tests {
         let text = "FROM scratch\nARG V=1 W=$V\nARG G\nARG TARGETARCH\nARG NONE\nENV E=$V\nRUN make\nLABEL w=$W\n";
         let (s, h) = run(text, &args);
         assert_eq!(
-            h[0], "ARG V=2 W=2",
-            "names are read one by one; history shows the value in force"
+            h[0], "ARG V=2 W=",
+            "defaults are expanded against the environment before the line"
         );
         assert_eq!(lookup(&s.env, "E").unwrap(), "2");
         assert!(
             lookup(&s.env, "V").is_none(),
             "ARGs never reach the config env"
         );
-        assert_eq!(s.labels["w"], "2");
+        assert_eq!(s.labels["w"], "");
         let env = s.run_env(&args);
         assert_eq!(lookup(&env, "G").unwrap(), "global");
         assert_eq!(lookup(&env, "TARGETARCH").unwrap(), "amd64");
         assert_eq!(lookup(&env, "http_proxy").unwrap(), "http://p");
         assert_eq!(
             h[5],
-            "RUN |5 V=2 W=2 G=global TARGETARCH=amd64 NONE= /bin/sh -c make # buildkit"
+            "RUN |5 V=2 W= G=global TARGETARCH=amd64 NONE= /bin/sh -c make # buildkit"
         );
         // ENV after ARG shadows it; an ARG after ENV overrides it in the build environment
         // (BuildKit's state env) while the config keeps the ENV value.
@@ -884,6 +905,13 @@ mod tests {
         assert_eq!(lookup(&s.env, "Y").unwrap(), "arg");
         assert_eq!(lookup(&s.env, "X").unwrap(), "env");
         assert_eq!(h[3], "RUN |1 X=arg /bin/sh -c x # buildkit");
+        // Across lines a default sees earlier ARGs; inside quotes it is expanded twice.
+        let (s2, h2) = run(
+            "FROM scratch\nARG V=1\nARG W=$V Q='$V'\n",
+            &ArgSource::default(),
+        );
+        assert_eq!(h2[1], "ARG W=1 Q=1");
+        assert_eq!(lookup(&s2.build_env, "Q").unwrap(), "1");
         // A new stage forgets the ARGs.
         let child = s.child();
         assert!(child.args.is_empty());
