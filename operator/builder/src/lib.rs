@@ -1,7 +1,8 @@
 //! The stage executor's first, pure-ish part: the build context and `.dockerignore`
 //! ([`context`], [`dockerignore`]), COPY/ADD planning and copying into a root filesystem
 //! ([`copy`]), user lookup in that root ([`users`]), the image-config state a stage carries
-//! while its instructions run ([`image_state`]) and instruction cache keys ([`cache_key`]).
+//! while its instructions run ([`image_state`]) and its mapping to and from an OCI image
+//! config ([`oci_config`]), and instruction cache keys ([`cache_key`]).
 //! RUN, snapshots and layers build on these; nothing here talks to Kubernetes or a network.
 
 pub mod cache_key;
@@ -9,6 +10,7 @@ pub mod context;
 pub mod copy;
 pub mod dockerignore;
 pub mod image_state;
+pub mod oci_config;
 pub mod pattern;
 pub mod rootpath;
 pub mod users;
