@@ -285,6 +285,59 @@ impl Planner<'_> {
         });
     }
 
+    /// For `--parents`: the directories of the kept path (all of them for a directory
+    /// source, all but the last component for a file) are created like BuildKit's copier
+    /// creates them, with their source's mode and mtime, after the destination itself.
+    fn kept_parents(
+        &mut self,
+        context: &BuildContext,
+        source: &Source,
+        dest: &str,
+        include_self: bool,
+    ) -> Result<(), CopyError> {
+        self.ensure_parents(&join_abs(dest, "x"));
+        self.ensure_dir(dest);
+        let parts: Vec<&str> = source.keep.split('/').filter(|c| !c.is_empty()).collect();
+        let count = if include_self {
+            parts.len()
+        } else {
+            parts.len().saturating_sub(1)
+        };
+        // Where the kept path starts inside the named source path.
+        let base = source
+            .rel
+            .strip_suffix(source.keep.as_str())
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_string();
+        let mut kept = String::new();
+        for part in parts.iter().take(count) {
+            kept = join_rel(&kept, part);
+            let in_context = join_rel(&base, &kept);
+            let on_disk = rootpath::resolve(context.root(), &in_context, true)?.path;
+            let meta = std::fs::metadata(&on_disk).map_err(|e| CopyError::Io {
+                op: "reading",
+                path: on_disk.display().to_string(),
+                source: e,
+            })?;
+            let path = join_abs(dest, &kept);
+            if self.ensured.contains(&path) {
+                continue;
+            }
+            self.push(CopyOp {
+                dest: path,
+                kind: FileKind::Dir,
+                source: OpSource::None,
+                mode: self.spec.chmod.unwrap_or(meta.mode() & 0o7777),
+                owner: self.owner,
+                mtime: Some((meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))),
+                overwrite_metadata: false,
+                source_rel: Some(in_context),
+            });
+        }
+        Ok(())
+    }
+
     fn push(&mut self, op: CopyOp) {
         if op.kind == FileKind::Dir {
             self.ensured.insert(op.dest.clone());
@@ -327,7 +380,9 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
             }
         }
     }
-    if items.len() > 1 && !dest_says_dir {
+    // With --parents every source keeps its own path below the destination, so the rule
+    // about several sources does not apply.
+    if items.len() > 1 && !dest_says_dir && !spec.parents {
         return Err(CopyError::NeedDirectory { keyword });
     }
     let existing = rootpath::resolve(rootfs, &dest, true)?;
@@ -363,6 +418,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
             }
             Item::Context(s) if s.kind == FileKind::Dir => {
                 let top = if p.spec.parents {
+                    p.kept_parents(context, &s, &dest, true)?;
                     join_abs(&dest, &s.keep)
                 } else {
                     dest.clone()
@@ -420,6 +476,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     });
                 }
                 let target = if p.spec.parents {
+                    p.kept_parents(context, &s, &dest, false)?;
                     join_abs(&dest, &s.keep)
                 } else if dest_is_dir {
                     join_abs(&dest, base_name(&s.rel))
@@ -443,7 +500,8 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     source_rel: Some(s.rel.clone()),
                 });
             }
-            // Fifos, sockets and devices are not copied.
+            // Device nodes would need mknod, which builder pods do not have; fifos and
+            // sockets carry no content worth a layer.
             Item::Context(_) => {}
         }
     }

@@ -325,6 +325,30 @@ fn parents_and_excludes() {
 }
 
 #[test]
+fn parents_keep_source_directory_metadata() {
+    let f = Fixture::new(&[("src/lib/a.rs", "a"), ("src/bin/b.rs", "b")], "");
+    let ctx = f.ctx_path();
+    std::fs::set_permissions(ctx.join("src/lib"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::fs::set_permissions(ctx.join("src"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    f.run(CopySpec {
+        sources: vec!["src/lib/a.rs".into(), "src/bin".into()],
+        dest: "/p".into(),
+        parents: true,
+        ..CopySpec::default()
+    })
+    .unwrap();
+    assert_eq!(f.read("/p/src/lib/a.rs"), "a");
+    assert_eq!(f.read("/p/src/bin/b.rs"), "b");
+    assert_eq!(
+        f.meta("/p").mode() & 0o7777,
+        0o755,
+        "the destination is created 0755"
+    );
+    assert_eq!(f.meta("/p/src").mode() & 0o7777, 0o700);
+    assert_eq!(f.meta("/p/src/lib").mode() & 0o7777, 0o750);
+}
+
+#[test]
 fn hard_links_are_kept() {
     let f = Fixture::new(&[("d/one", "same")], "");
     std::fs::hard_link(f.ctx_path().join("d/one"), f.ctx_path().join("d/two")).unwrap();
