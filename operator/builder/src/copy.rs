@@ -539,9 +539,10 @@ fn io_err<'a>(op: &'static str, path: &'a str) -> impl FnOnce(std::io::Error) ->
 
 /// Performs a plan in the root filesystem at `rootfs`.
 pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<(), CopyError> {
-    // Directory times change while their contents are written, so they are set at the end,
-    // deepest first.
-    let mut dir_times: Vec<(PathBuf, (i64, u32))> = Vec::new();
+    // A directory's mtime changes while its contents are written, and a read-only mode would
+    // stop an unprivileged writer filling it, so directory modes and times are set at the
+    // end, deepest first (owners at once: a chown would clear setgid set earlier).
+    let mut dir_finish: Vec<(PathBuf, &CopyOp)> = Vec::new();
     for op in &plan.ops {
         let (parent, name) = match op.dest.rfind('/') {
             Some(i) => (&op.dest[..i], &op.dest[i + 1..]),
@@ -553,10 +554,8 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
             match std::fs::symlink_metadata(&target) {
                 Ok(meta) if meta.is_dir() => {
                     if op.overwrite_metadata {
-                        set_metadata(&target, op, options, &op.dest)?;
-                        if let Some(t) = op.mtime {
-                            dir_times.push((target, t));
-                        }
+                        set_owner(&target, op, options)?;
+                        dir_finish.push((target, op));
                     }
                 }
                 Ok(_) => {
@@ -567,10 +566,8 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     create_missing_parents(rootfs, &resolved.rel, op, options)?;
                     std::fs::create_dir(&target).map_err(io_err("creating", &op.dest))?;
-                    set_metadata(&target, op, options, &op.dest)?;
-                    if let Some(t) = op.mtime {
-                        dir_times.push((target, t));
-                    }
+                    set_owner(&target, op, options)?;
+                    dir_finish.push((target, op));
                 }
                 Err(e) => return Err(io_err("inspecting", &op.dest)(e)),
             }
@@ -627,8 +624,12 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
             OpSource::None => {}
         }
     }
-    for (path, t) in dir_times.iter().rev() {
-        set_mtime(path, *t, &path.display().to_string())?;
+    for (path, op) in dir_finish.iter().rev() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(op.mode))
+            .map_err(io_err("chmod", &op.dest))?;
+        if let Some(t) = op.mtime {
+            set_mtime(path, t, &op.dest)?;
+        }
     }
     Ok(())
 }
@@ -678,6 +679,14 @@ fn create_new(target: &Path, dest: &str) -> Result<std::fs::File, CopyError> {
         .map_err(io_err("creating", dest))
 }
 
+fn set_owner(target: &Path, op: &CopyOp, options: ApplyOptions) -> Result<(), CopyError> {
+    if options.set_owner {
+        std::os::unix::fs::lchown(target, Some(op.owner.uid), Some(op.owner.gid))
+            .map_err(io_err("chown", &op.dest))?;
+    }
+    Ok(())
+}
+
 /// Owner first, then mode (a chown clears setuid/setgid bits), then time.
 fn set_metadata(
     target: &Path,
@@ -685,10 +694,7 @@ fn set_metadata(
     options: ApplyOptions,
     dest: &str,
 ) -> Result<(), CopyError> {
-    if options.set_owner {
-        std::os::unix::fs::lchown(target, Some(op.owner.uid), Some(op.owner.gid))
-            .map_err(io_err("chown", dest))?;
-    }
+    set_owner(target, op, options)?;
     std::fs::set_permissions(target, std::fs::Permissions::from_mode(op.mode))
         .map_err(io_err("chmod", dest))?;
     if let Some(t) = op.mtime {

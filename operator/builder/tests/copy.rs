@@ -349,6 +349,26 @@ fn parents_keep_source_directory_metadata() {
 }
 
 #[test]
+fn read_only_directories_are_filled_before_their_mode_is_set() {
+    let f = Fixture::new(&[("ro/sub/file", "x")], "");
+    let ctx = f.ctx_path();
+    std::fs::set_permissions(ctx.join("ro/sub"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    let plan = copy::plan(
+        &f.ctx,
+        &CopySpec {
+            sources: vec!["ro".into()],
+            dest: "/o/".into(),
+            ..CopySpec::default()
+        },
+        f.root(),
+    )
+    .unwrap();
+    copy::apply(&plan, f.root(), ApplyOptions { set_owner: false }).unwrap();
+    assert_eq!(f.read("/o/sub/file"), "x");
+    assert_eq!(f.meta("/o/sub").mode() & 0o7777, 0o555);
+}
+
+#[test]
 fn hard_links_are_kept() {
     let f = Fixture::new(&[("d/one", "same")], "");
     std::fs::hard_link(f.ctx_path().join("d/one"), f.ctx_path().join("d/two")).unwrap();
