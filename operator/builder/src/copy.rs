@@ -508,6 +508,24 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
     Ok(CopyPlan { ops: p.ops })
 }
 
+/// The plan BuildKit runs for `WORKDIR <path>` (other than `/`): the directory and its
+/// missing parents created 0755, owned by the stage's USER (resolved by the caller), and
+/// nothing changed where they exist.
+pub fn workdir_plan(path: &str, owner: Owner) -> CopyPlan {
+    let spec = CopySpec::default();
+    let mut p = Planner {
+        spec: &spec,
+        owner,
+        ensured: BTreeSet::new(),
+        ops: Vec::new(),
+        inodes: std::collections::BTreeMap::new(),
+    };
+    let dest = clean(&format!("/{path}"));
+    p.ensure_parents(&dest);
+    p.ensure_dir(&dest);
+    CopyPlan { ops: p.ops }
+}
+
 fn join_rel(a: &str, b: &str) -> String {
     match (a.is_empty(), b.is_empty()) {
         (true, _) => b.to_string(),

@@ -485,3 +485,50 @@ fn plans_are_inspectable() {
     assert_eq!(plan.ops[2].source_rel.as_deref(), Some("a"));
     assert!(!f.exists("/x"), "planning writes nothing");
 }
+
+#[test]
+fn workdir_is_created_for_the_user() {
+    let f = Fixture::new(&[], "");
+    std::fs::create_dir(f.root().join("srv")).unwrap();
+    std::fs::set_permissions(f.root().join("srv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let plan = copy::workdir_plan(
+        "/srv/app/data",
+        Owner {
+            uid: 1000,
+            gid: 1000,
+        },
+    );
+    copy::apply(&plan, f.root(), ApplyOptions::default()).unwrap();
+    let m = f.meta("/srv/app/data");
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 1000, 0o755));
+    let existing = f.meta("/srv");
+    assert_eq!(
+        (existing.uid(), existing.mode() & 0o7777),
+        (0, 0o700),
+        "existing parents are left alone"
+    );
+}
+
+#[test]
+fn copy_from_a_stage_root() {
+    // A stage's root filesystem as a source: no ignore rules, absolute paths, links resolved
+    // inside that root.
+    let stage = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(stage.path().join("go/bin")).unwrap();
+    std::fs::write(stage.path().join("go/bin/app"), "ELF").unwrap();
+    symlink("/go/bin/app", stage.path().join("app-link")).unwrap();
+    let from = BuildContext::with_patterns(stage.path(), &[] as &[&str]).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let spec = CopySpec {
+        sources: vec!["/app-link".into()],
+        dest: "/usr/local/bin/app".into(),
+        ..CopySpec::default()
+    };
+    let plan = copy::plan(&from, &spec, root.path()).unwrap();
+    copy::apply(&plan, root.path(), ApplyOptions::default()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("usr/local/bin/app")).unwrap(),
+        "ELF",
+        "the source's own link is followed inside the stage root"
+    );
+}
