@@ -154,6 +154,13 @@ impl BuildContext {
         Self::with_patterns(root, &patterns)
     }
 
+    /// A context for a build of `dockerfile`: `<Dockerfile>.dockerignore` next to it is used
+    /// when it exists, else `root/.dockerignore` (see [`dockerignore::read_for`]).
+    pub fn open_for(root: &Path, dockerfile: &Path) -> Result<Self, ContextError> {
+        let patterns = dockerignore::read_for(root, Some(dockerfile))?;
+        Self::with_patterns(root, &patterns)
+    }
+
     /// A context rooted at `root` with the given ignore patterns (none for a stage's root).
     pub fn with_patterns<S: AsRef<str>>(root: &Path, patterns: &[S]) -> Result<Self, ContextError> {
         let meta = std::fs::metadata(root).map_err(|source| ContextError::Root {

@@ -71,6 +71,14 @@ pub enum StateError {
         /// The key as written.
         word: String,
     },
+    /// An ONBUILD trigger from a base image that does not read as an instruction.
+    #[error("ONBUILD trigger {expression:?}: {message}")]
+    Trigger {
+        /// The trigger as stored in the base image.
+        expression: String,
+        /// What is wrong.
+        message: String,
+    },
     /// RUN, COPY or ADD given to [`ImageState::apply`].
     #[error("{0} changes files: the executor runs it, not the image-state update")]
     NotMetadata(&'static str),
@@ -694,6 +702,33 @@ fn kv_text(pairs: &[(String, String)]) -> String {
         .join(" ")
 }
 
+/// Reads an ONBUILD trigger, as a base image's config stores it, back into the instruction
+/// the executor runs first in a stage built on that image.
+pub fn parse_trigger(expression: &str) -> Result<Instruction, StateError> {
+    let err = |message: String| StateError::Trigger {
+        expression: expression.to_string(),
+        message,
+    };
+    let d = stagecoach_dockerfile::Dockerfile::parse(&format!("FROM scratch\n{expression}\n"))
+        .map_err(|e| err(e.to_string()))?;
+    let mut stages = d.stages.into_iter();
+    let mut instructions = stages
+        .next()
+        .map(|s| s.instructions)
+        .unwrap_or_default()
+        .into_iter();
+    match (instructions.next(), instructions.next(), stages.next()) {
+        (Some(one), None, None) => match one.instruction {
+            Instruction::Onbuild { .. } => Err(err("ONBUILD cannot trigger ONBUILD".into())),
+            Instruction::Maintainer(_) => Err(err("MAINTAINER cannot be a trigger".into())),
+            other => Ok(other),
+        },
+        _ => Err(err(
+            "a trigger is exactly one instruction other than FROM".into()
+        )),
+    }
+}
+
 /// Go's `%v` of a `[]string`: `[a b]`.
 fn go_print_slice(items: &[String]) -> String {
     format!("[{}]", items.join(" "))
@@ -1039,7 +1074,15 @@ mod tests {
             "HEALTHCHECK &{[\"CMD-SHELL\" \"curl -f http://localhost/ || exit 1\"] \"1m30s\" \"3s\" \"0s\" \"0s\" '\\x03'}"
         );
         assert_eq!(h[1], "-", "ONBUILD adds no history entry");
-        assert_eq!(s.take_onbuild_triggers(), ["RUN echo $X"]);
+        let triggers = s.take_onbuild_triggers();
+        assert_eq!(triggers, ["RUN echo $X"]);
+        assert!(matches!(
+            parse_trigger(&triggers[0]),
+            Ok(Instruction::Run(_))
+        ));
+        assert!(parse_trigger("FROM x").is_err());
+        assert!(parse_trigger("ONBUILD RUN x").is_err());
+        assert!(parse_trigger("NOPE x").is_err());
         assert!(s.on_build.is_empty());
         assert_eq!(go_duration(1_500_000), "1.5ms");
         assert_eq!(go_duration(3_723_000_000_000), "1h2m3s");
