@@ -13,4 +13,5 @@ pub mod image_state;
 pub mod oci_config;
 pub mod pattern;
 pub mod rootpath;
+pub mod runner;
 pub mod users;
