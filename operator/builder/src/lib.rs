@@ -13,5 +13,6 @@ pub mod image_state;
 pub mod oci_config;
 pub mod pattern;
 pub mod rootpath;
+pub mod runc;
 pub mod runner;
 pub mod users;
