@@ -15,4 +15,5 @@ pub mod pattern;
 pub mod rootpath;
 pub mod runc;
 pub mod runner;
+pub mod snapshot;
 pub mod users;
