@@ -9,6 +9,7 @@ pub mod cache_key;
 pub mod context;
 pub mod copy;
 pub mod dockerignore;
+pub mod executor;
 pub mod image_state;
 pub mod oci_config;
 pub mod pattern;

@@ -1,0 +1,544 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The stage executor on real directories: a real build context, root filesystem, content
+//! store and key store. RUN goes through a fake runner that only records what it was handed
+//! and edits the root directly to stand in for a process; everything else is the real code.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use stagecoach_builder::context::BuildContext;
+use stagecoach_builder::executor::{
+    BaseImage, ExecutorError, ExecutorOptions, ExitCode, Outcome, ProgressEvent, StageExecutor,
+    StageOutcome, StageResult, StageSpec,
+};
+use stagecoach_builder::image_state::ArgSource;
+use stagecoach_builder::runner::{RunMount, RunOutcome, RunRequest, Runner, RunnerError};
+use stagecoach_dockerfile::Dockerfile;
+use stagecoach_oci::layer::apply_layer_blob;
+use stagecoach_oci::{ApplyOptions, Compression, ContentStore, Digest, ImageConfig};
+
+/// Interprets a tiny command language, `;`-separated, so tests can say what "the process"
+/// does: `write PATH TEXT` (`$NAME` in TEXT from the request's env), `rm PATH`, `rmdir PATH`,
+/// `mkdir PATH`, `echo TEXT`, `fail CODE`, `expose-mounts` (copies every bind mount's source
+/// file onto its target, as a real bind mount would show it).
+#[derive(Default)]
+struct FakeRunner {
+    calls: Mutex<Vec<RunRequest>>,
+}
+
+impl FakeRunner {
+    fn calls(&self) -> Vec<RunRequest> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+fn in_root(root: &Path, p: &str) -> PathBuf {
+    root.join(p.trim_start_matches('/'))
+}
+
+impl Runner for FakeRunner {
+    fn run(
+        &self,
+        request: &RunRequest,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Result<RunOutcome, RunnerError> {
+        self.calls.lock().unwrap().push(request.clone());
+        let script = request.argv.last().cloned().unwrap_or_default();
+        let mut tail = Vec::new();
+        for cmd in script.split(';').map(str::trim).filter(|c| !c.is_empty()) {
+            let mut words = cmd.splitn(3, ' ');
+            let op = words.next().unwrap();
+            let a = words.next().unwrap_or("");
+            let b = words.next().unwrap_or("");
+            let root = &request.rootfs;
+            match op {
+                "write" => {
+                    let mut text = b.to_string();
+                    for (k, v) in &request.env {
+                        text = text.replace(&format!("${k}"), v);
+                    }
+                    std::fs::write(in_root(root, a), text).unwrap();
+                }
+                "rm" => std::fs::remove_file(in_root(root, a)).unwrap(),
+                "rmdir" => std::fs::remove_dir_all(in_root(root, a)).unwrap(),
+                "mkdir" => std::fs::create_dir_all(in_root(root, a)).unwrap(),
+                "echo" => {
+                    let line = format!("{a} {b}").trim().to_string();
+                    on_line(&line);
+                    tail.push(line);
+                }
+                "expose-mounts" => {
+                    for m in &request.mounts {
+                        if let RunMount::Bind { source, target, .. } = m
+                            && source.is_file()
+                        {
+                            std::fs::copy(source, in_root(root, target.to_str().unwrap())).unwrap();
+                        }
+                    }
+                }
+                "fail" => {
+                    return Ok(RunOutcome {
+                        exit_code: a.parse().unwrap(),
+                        tail,
+                        duration: Duration::from_millis(1),
+                    });
+                }
+                other => panic!("fake runner: unknown op {other}"),
+            }
+        }
+        Ok(RunOutcome {
+            exit_code: 0,
+            tail,
+            duration: Duration::from_millis(1),
+        })
+    }
+}
+
+struct Build {
+    outcome: StageOutcome,
+    root: tempfile::TempDir,
+    events: Vec<String>,
+}
+
+fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let p = dir.path().join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        // Fixed source mtimes: COPY keeps them, and determinism across contexts needs them.
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap();
+    }
+    dir
+}
+
+fn build_with(
+    dockerfile: &str,
+    ctx: &Path,
+    store: &ContentStore,
+    runner: &FakeRunner,
+    options: ExecutorOptions,
+    secrets: &[(&str, &Path)],
+) -> Build {
+    let df = Dockerfile::parse(dockerfile).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let context = BuildContext::open(ctx).unwrap();
+    let mut ex = StageExecutor::new(store, root.path(), &context, runner, options).unwrap();
+    for (id, path) in secrets {
+        ex = ex.with_secret(id, path);
+    }
+    let spec = StageSpec {
+        label: "stage-0".into(),
+        instructions: &df.stages[0].instructions,
+        escape: df.escape,
+        args: ArgSource::default(),
+        base: BaseImage::default(),
+    };
+    let mut events = Vec::new();
+    let outcome = ex.run(&spec, &mut |e: &ProgressEvent<'_>| {
+        events.push(e.to_string())
+    });
+    Build {
+        outcome,
+        root,
+        events,
+    }
+}
+
+fn build(
+    dockerfile: &str,
+    ctx: &Path,
+    store: &ContentStore,
+    runner: &FakeRunner,
+    no_cache: bool,
+) -> Build {
+    let options = ExecutorOptions {
+        no_cache,
+        ..ExecutorOptions::default()
+    };
+    build_with(dockerfile, ctx, store, runner, options, &[])
+}
+
+/// Applies every layer of a result onto a fresh directory.
+fn unpack(store: &ContentStore, result: &StageResult) -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut whiteouts = 0;
+    for l in &result.layers {
+        let stats = apply_layer_blob(
+            store,
+            &Digest::parse(&l.digest).unwrap(),
+            Some(&Digest::parse(&l.diff_id).unwrap()),
+            dir.path(),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
+        whiteouts += stats.whiteouts;
+    }
+    (dir, whiteouts)
+}
+
+/// Paths, types, modes, owners, contents and link targets below a root.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        names.sort();
+        for p in names {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let what = if m.is_dir() {
+                walk(root, &p, out);
+                "dir".to_string()
+            } else if m.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&p).unwrap().display())
+            } else {
+                format!("file {}", std::fs::read_to_string(&p).unwrap())
+            };
+            out.insert(
+                rel,
+                format!(
+                    "{what} {:o} {}:{}",
+                    m.permissions().mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ),
+            );
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+fn config(store: &ContentStore, result: &StageResult) -> ImageConfig {
+    let digest = Digest::parse(result.config_digest.as_ref().unwrap()).unwrap();
+    ImageConfig::from_json(&store.read_to_vec(&digest, 1 << 20).unwrap()).unwrap()
+}
+
+/// Everything in the store is a finished blob or key: no temporary names left behind.
+fn assert_no_temp_files(store: &ContentStore) {
+    for sub in ["blobs/sha256", "keys"] {
+        let dir = store.root().join(sub);
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in read {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(
+                name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+                "unexpected file {sub}/{name}"
+            );
+        }
+    }
+}
+
+const DOCKERFILE: &str = "FROM scratch
+COPY app/ /app/
+ENV GREETING=hello
+WORKDIR /work
+RUN write /work/out.txt $GREETING; rm /app/remove.txt; mkdir /work/d; echo ran
+COPY conf.txt /etc/conf.txt
+RUN rmdir /work/d; write /etc/conf.txt changed
+LABEL a=b
+";
+
+fn app_context(conf: &str) -> tempfile::TempDir {
+    context(&[
+        ("app/main.sh", "echo main"),
+        ("app/remove.txt", "bye"),
+        ("app/sub/data", "data"),
+        ("conf.txt", conf),
+    ])
+}
+
+#[test]
+fn a_stage_produces_layers_that_rebuild_its_root() {
+    let ctx = app_context("v1");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let b = build(DOCKERFILE, ctx.path(), &store, &runner, false);
+    assert!(b.outcome.error.is_none(), "{:?}", b.outcome.error);
+    let r = &b.outcome.result;
+    assert_eq!(r.outcome, Outcome::Succeeded);
+    assert_eq!(b.outcome.exit_code(), ExitCode::Ok);
+    // COPY, WORKDIR, RUN, COPY, RUN each make a layer; ENV and LABEL do not.
+    assert_eq!(r.layers.len(), 5);
+    assert_eq!(r.cache_hits, 0);
+    assert_eq!(r.steps.len(), 7);
+
+    let (unpacked, whiteouts) = unpack(&store, r);
+    assert_eq!(tree(unpacked.path()), tree(b.root.path()));
+    let t = tree(unpacked.path());
+    assert!(t["work/out.txt"].starts_with("file hello "), "{t:?}");
+    assert!(t["etc/conf.txt"].starts_with("file changed "));
+    assert!(!t.contains_key("app/remove.txt"));
+    assert!(!t.contains_key("work/d"));
+    assert!(t.contains_key("app/sub/data"));
+    assert!(
+        whiteouts >= 2,
+        "remove.txt and work/d are whiteouts: {whiteouts}"
+    );
+
+    // What the executor handed the runner.
+    let calls = runner.calls();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        calls[0].argv,
+        [
+            "/bin/sh",
+            "-c",
+            "write /work/out.txt $GREETING; rm /app/remove.txt; mkdir /work/d; echo ran"
+        ]
+    );
+    assert!(calls[0].env.contains(&("GREETING".into(), "hello".into())));
+    assert!(calls[0].env.iter().any(|(k, _)| k == "PATH"));
+    assert_eq!(calls[0].cwd, Path::new("/work"));
+    assert_eq!((calls[0].user.uid, calls[0].user.gid), (0, 0));
+    assert_eq!(calls[0].rootfs, b.root.path());
+
+    // The config: history in order, empty layers marked, diffIDs matching layers.
+    let c = config(&store, r);
+    let created: Vec<_> = c
+        .history
+        .iter()
+        .map(|h| (h.created_by.clone().unwrap(), h.empty_layer))
+        .collect();
+    assert_eq!(created.len(), 7);
+    assert_eq!(created[1], ("ENV GREETING=hello".to_string(), true));
+    assert_eq!(created[2], ("WORKDIR /work".to_string(), false));
+    assert_eq!(created[6], ("LABEL a=b".to_string(), true));
+    assert_eq!(c.rootfs.diff_ids.len(), 5);
+    for (d, l) in c.rootfs.diff_ids.iter().zip(&r.layers) {
+        assert_eq!(d.as_str(), l.diff_id);
+    }
+    let cc = c.config.unwrap();
+    assert_eq!(cc.working_dir.as_deref(), Some("/work"));
+    assert!(cc.env.contains(&"GREETING=hello".to_string()));
+
+    // Progress lines.
+    assert!(
+        b.events
+            .iter()
+            .any(|e| e.starts_with("[stage-0 3/7] WORKDIR /work"))
+    );
+    assert!(b.events.iter().any(|e| e == "#4 ran"), "{:?}", b.events);
+    assert_no_temp_files(&store);
+}
+
+#[test]
+fn a_second_build_hits_the_cache_and_a_changed_file_reruns_from_its_copy() {
+    let ctx = app_context("v1");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let first = build(DOCKERFILE, ctx.path(), &store, &runner, false);
+    assert!(first.outcome.error.is_none());
+
+    let again = FakeRunner::default();
+    let second = build(DOCKERFILE, ctx.path(), &store, &again, false);
+    assert!(second.outcome.error.is_none(), "{:?}", second.outcome.error);
+    assert_eq!(again.calls().len(), 0, "nothing ran");
+    assert_eq!(second.outcome.result.cache_hits, 5);
+    assert_eq!(second.outcome.result.layers, first.outcome.result.layers);
+    assert_eq!(
+        second.outcome.result.config_digest,
+        first.outcome.result.config_digest
+    );
+    assert_eq!(tree(second.root.path()), tree(first.root.path()));
+    assert!(second.events.iter().any(|e| e == "#4 CACHED"));
+
+    // conf.txt changes: COPY conf.txt and the RUN after it run again, nothing before.
+    std::fs::write(ctx.path().join("conf.txt"), "v2").unwrap();
+    let third_runner = FakeRunner::default();
+    let third = build(DOCKERFILE, ctx.path(), &store, &third_runner, false);
+    assert!(third.outcome.error.is_none());
+    let cached: Vec<_> = third
+        .outcome
+        .result
+        .steps
+        .iter()
+        .map(|s| (s.keyword.as_str(), s.cached))
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("COPY", true),
+            ("ENV", false),
+            ("WORKDIR", true),
+            ("RUN", true),
+            ("COPY", false),
+            ("RUN", false),
+            ("LABEL", false)
+        ]
+    );
+    assert_eq!(third_runner.calls().len(), 1);
+    let (a, b) = (&first.outcome.result.layers, &third.outcome.result.layers);
+    assert_eq!(a[..3], b[..3]);
+    assert_ne!(a[3], b[3]);
+    let (unpacked, _) = unpack(&store, &third.outcome.result);
+    assert_eq!(tree(unpacked.path()), tree(third.root.path()));
+    assert_no_temp_files(&store);
+}
+
+#[test]
+fn no_cache_twice_gives_identical_digests() {
+    let ctx = app_context("v1");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let a = build(DOCKERFILE, ctx.path(), &store, &runner, true);
+    // Let the clock move so any leaked timestamp would show.
+    std::thread::sleep(Duration::from_millis(1100));
+    let b = build(DOCKERFILE, ctx.path(), &store, &runner, true);
+    assert!(a.outcome.error.is_none() && b.outcome.error.is_none());
+    assert_eq!(runner.calls().len(), 4, "both builds ran everything");
+    assert_eq!(b.outcome.result.cache_hits, 0);
+    assert_eq!(a.outcome.result.layers, b.outcome.result.layers);
+    assert_eq!(
+        a.outcome.result.config_digest,
+        b.outcome.result.config_digest
+    );
+}
+
+#[test]
+fn a_failing_run_stops_the_stage_with_its_code_and_tail() {
+    let ctx = app_context("v1");
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let b = build(
+        "FROM scratch\nCOPY conf.txt /c\nRUN echo compiling; echo boom; fail 7\nRUN echo never\n",
+        ctx.path(),
+        &store,
+        &runner,
+        false,
+    );
+    let r = &b.outcome.result;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.reason.as_deref(), Some("RunFailed"));
+    assert_eq!(r.exit_code, 1);
+    assert_eq!(b.outcome.exit_code(), ExitCode::InstructionFailed);
+    let f = r.failed_step.as_ref().unwrap();
+    assert_eq!(f.line, 3);
+    assert_eq!(f.exit_code, Some(7));
+    assert_eq!(f.tail, ["compiling", "boom"]);
+    assert!(f.instruction.starts_with("RUN echo compiling"));
+    match b.outcome.error.as_ref().unwrap() {
+        ExecutorError::RunFailed {
+            line,
+            exit_code,
+            tail,
+            ..
+        } => {
+            assert_eq!((*line, *exit_code), (3, 7));
+            assert_eq!(tail.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runner.calls().len(), 1, "the stage stopped");
+    assert_eq!(r.layers.len(), 1, "the COPY's layer only");
+    assert!(r.config_digest.is_none());
+    assert_no_temp_files(&store);
+    let json = serde_json::to_value(r).unwrap();
+    assert_eq!(json["failedStep"]["exitCode"], 7);
+    assert!(r.to_json_within(4096).len() <= 4096);
+}
+
+#[test]
+fn metadata_only_instructions_add_history_without_layers() {
+    let ctx = context(&[]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let b = build(
+        "FROM scratch\nENV A=1\nLABEL x=y\nCMD [\"/app\"]\nEXPOSE 80\nWORKDIR /\nUSER 1000\n",
+        ctx.path(),
+        &store,
+        &runner,
+        false,
+    );
+    let r = &b.outcome.result;
+    assert!(b.outcome.error.is_none(), "{:?}", b.outcome.error);
+    assert!(r.layers.is_empty());
+    let c = config(&store, r);
+    assert_eq!(c.history.len(), 6);
+    assert!(c.history.iter().all(|h| h.empty_layer));
+    assert!(c.rootfs.diff_ids.is_empty());
+    let cc = c.config.unwrap();
+    assert_eq!(cc.cmd, Some(vec!["/app".to_string()]));
+    assert_eq!(cc.user.as_deref(), Some("1000"));
+    assert!(cc.exposed_ports.contains("80/tcp"));
+}
+
+#[test]
+fn a_secret_is_mounted_for_one_run_and_never_lands_in_a_layer() {
+    let ctx = context(&[]);
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("token");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let options = ExecutorOptions {
+        compression: Compression::None,
+        ..ExecutorOptions::default()
+    };
+    let b = build_with(
+        "FROM scratch\nRUN --mount=type=secret,id=tok --mount=type=cache,target=/cache \
+         expose-mounts; write /out done\n",
+        ctx.path(),
+        &store,
+        &runner,
+        options,
+        &[("tok", &secret)],
+    );
+    assert!(b.outcome.error.is_none(), "{:?}", b.outcome.error);
+    let calls = runner.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(
+        calls[0].mounts[0],
+        RunMount::Bind {
+            source: secret.clone(),
+            target: PathBuf::from("/run/secrets/tok"),
+            readonly: true
+        }
+    );
+    match &calls[0].mounts[1] {
+        RunMount::Bind { source, target, .. } => {
+            assert_eq!(target, Path::new("/cache"));
+            assert!(source.starts_with(store_dir.path().join("mounts")));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The stubs are gone from the root, and no layer carries the secret or the mounts.
+    assert!(!b.root.path().join("run").exists());
+    assert!(!b.root.path().join("cache").exists());
+    let (unpacked, _) = unpack(&store, &b.outcome.result);
+    let t = tree(unpacked.path());
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["out"]);
+    for l in &b.outcome.result.layers {
+        let blob = std::fs::read(store.blob_path(&Digest::parse(&l.digest).unwrap())).unwrap();
+        assert!(!blob.windows(12).any(|w| w == b"s3cr3t-value"));
+    }
+    // A required secret that is missing is bad input.
+    let missing = build(
+        "FROM scratch\nRUN --mount=type=secret,id=nope,required=true echo x\n",
+        ctx.path(),
+        &store,
+        &runner,
+        false,
+    );
+    assert_eq!(missing.outcome.exit_code(), ExitCode::BadInput);
+    assert_eq!(
+        missing.outcome.result.reason.as_deref(),
+        Some("MissingInput")
+    );
+}
