@@ -28,6 +28,8 @@ pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod media_type;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod store;
 
 pub use compression::Compression;

@@ -1,0 +1,568 @@
+//! The registry client against a real registry: Debian's `docker-registry` (distribution
+//! 2.8), started by each test on 127.0.0.1 with a free port and its own storage directory,
+//! and killed when the test ends. The tests skip, saying so, when the binary is missing
+//! (`apt-get install docker-registry`). Set `STAGECOACH_DOCKER_REGISTRY` to use another
+//! binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use stagecoach_oci::layer::write_layer;
+use stagecoach_oci::registry::{
+    BlobPush, ClientOptions, Credential, Credentials, ImageRef, RegistryClient, RetryPolicy,
+};
+use stagecoach_oci::{
+    ContentStore, Descriptor, Digest, History, ImageConfig, ImageIndex, ImageManifest,
+    LayerOptions, LayerSource, Platform, media_type,
+};
+
+/// User and bcrypt hash (cost 4, made with `htpasswd -nbB -C 4`) for the authenticated
+/// registry. Cost 4 because the registry checks the hash on every request.
+const USER: &str = "stagecoach";
+const PASSWORD: &str = "s3cret-pw";
+const HTPASSWD: &str = "stagecoach:$2y$04$DDNOxdOiW59AJHZDYfGDgu.MGr6rfwmnuqIlshokxELWY6kW6Tp9i\n";
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+fn registry_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("STAGECOACH_DOCKER_REGISTRY") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|d| d.join("docker-registry"))
+        .find(|p| p.is_file())
+}
+
+/// A running registry; killed on drop.
+struct Registry {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// Starts a registry, with htpasswd auth when `auth` is set. `None` (after printing why)
+    /// when docker-registry is not installed.
+    fn start(test: &str, auth: bool) -> Option<Registry> {
+        let Some(bin) = registry_binary() else {
+            eprintln!(
+                "SKIP {test}: docker-registry is not installed (apt-get install docker-registry)"
+            );
+            return None;
+        };
+        // The port is free when asked for and could be taken before the registry binds it;
+        // a few tries make that race harmless.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let host = format!("127.0.0.1:{port}");
+            let mut config = format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+                 http:\n  addr: {host}\n  secret: stagecoach-test-secret\n",
+                dir.path().join("data").display()
+            );
+            if auth {
+                let htpasswd = dir.path().join("htpasswd");
+                std::fs::write(&htpasswd, HTPASSWD).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: stagecoach-test\n    path: {}\n",
+                    htpasswd.display()
+                ));
+            }
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config).unwrap();
+            let log_path = dir.path().join("registry.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let child = Command::new(&bin)
+                .arg("serve")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+            let mut registry = Registry {
+                child,
+                host,
+                _dir: dir,
+            };
+            if registry.wait_ready() {
+                return Some(registry);
+            }
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        }
+        panic!(
+            "docker-registry did not answer on /v2/ within {START_DEADLINE:?}; its log:\n{last_log}"
+        );
+    }
+
+    /// Polls `GET /v2/` until it answers 200 (or 401 with auth), the process exits, or the
+    /// deadline passes.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            if let Some(status) = http_status(&self.host, "/v2/")
+                && (status == 200 || status == 401)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    fn reference(&self, path: &str) -> ImageRef {
+        ImageRef::parse(&format!("{}/{path}", self.host)).unwrap()
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The status code of a plain HTTP/1.0 GET, or `None` when nothing answers.
+fn http_status(host: &str, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// A one-layer image built in `store`: its blobs' descriptors (layer, config) and the
+/// manifest bytes and digest.
+struct TestImage {
+    blobs: Vec<Descriptor>,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    manifest_digest: Digest,
+}
+
+fn build_image(store: &ContentStore, content: &str) -> TestImage {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("etc")).unwrap();
+    std::fs::write(root.path().join("etc/hello.txt"), content).unwrap();
+    let layer = write_layer(
+        store,
+        root.path(),
+        LayerSource::Tree,
+        &LayerOptions {
+            source_date_epoch: Some(0),
+            ..LayerOptions::default()
+        },
+    )
+    .unwrap();
+    let mut config = ImageConfig::new_linux("amd64");
+    config.push_layer(
+        layer.diff_id.clone(),
+        History {
+            created_by: Some(format!("COPY hello {content}")),
+            ..History::default()
+        },
+    );
+    let (config_bytes, config_desc) = config.to_blob().unwrap();
+    store.put_bytes(&config_bytes).unwrap();
+    let manifest = ImageManifest::new(config_desc.clone(), vec![layer.descriptor()]);
+    let (manifest_bytes, manifest_desc) = manifest.to_blob().unwrap();
+    TestImage {
+        blobs: vec![layer.descriptor(), config_desc],
+        config: config_bytes,
+        manifest: manifest_bytes,
+        manifest_digest: manifest_desc.digest,
+    }
+}
+
+async fn push_image(
+    client: &RegistryClient,
+    store: &ContentStore,
+    target: &ImageRef,
+    image: &TestImage,
+    mount_from: &[ImageRef],
+) -> Vec<BlobPush> {
+    let mut outcomes = Vec::new();
+    for blob in &image.blobs {
+        outcomes.push(
+            client
+                .push_blob(store, target, blob, mount_from)
+                .await
+                .unwrap(),
+        );
+    }
+    let digest = client
+        .push_manifest(target, &image.manifest, media_type::OCI_MANIFEST)
+        .await
+        .unwrap();
+    assert_eq!(digest, image.manifest_digest);
+    outcomes
+}
+
+fn fast_retries() -> ClientOptions {
+    ClientOptions {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        },
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn push_resolve_and_pull_round_trip() {
+    let Some(reg) = Registry::start("push_resolve_and_pull_round_trip", false) else {
+        return;
+    };
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = ContentStore::open(src_dir.path()).unwrap();
+    let image = build_image(&src, "round trip");
+    let target = reg.reference("stagecoach/app:v1");
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+
+    let pushed = push_image(&client, &src, &target, &image, &[]).await;
+    assert_eq!(pushed, vec![BlobPush::Uploaded, BlobPush::Uploaded]);
+    assert_eq!(
+        client.resolve(&target).await.unwrap(),
+        image.manifest_digest
+    );
+
+    // Pull with a new client into a fresh store: same digests, verified blobs.
+    let puller = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let pulled = puller.pull_manifest(&target).await.unwrap();
+    assert_eq!(pulled.digest, image.manifest_digest);
+    assert_eq!(pulled.bytes, image.manifest);
+    assert_eq!(pulled.media_type, media_type::OCI_MANIFEST);
+    assert_eq!(pulled.index_digest, None);
+    assert_eq!(pulled.reference.digest(), Some(&image.manifest_digest));
+    let config = puller.pull_config(&target, &pulled.manifest).await.unwrap();
+    assert_eq!(config.bytes, image.config);
+    assert_eq!(config.config.architecture, "amd64");
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = ContentStore::open(dst_dir.path()).unwrap();
+    for layer in &pulled.manifest.layers {
+        let info = puller.pull_blob_into(&dst, &target, layer).await.unwrap();
+        assert_eq!(info.digest, layer.digest);
+        assert_eq!(info.size, layer.size);
+        dst.verify(&layer.digest).unwrap();
+    }
+    // Already in the store: nothing is fetched.
+    puller
+        .pull_blob_into(&dst, &target, &pulled.manifest.layers[0])
+        .await
+        .unwrap();
+    let stats = puller.stats();
+    assert_eq!(stats.blobs_downloaded, 1, "{stats:?}");
+    assert_eq!(stats.blobs_already_local, 1, "{stats:?}");
+    assert_eq!(stats.retries, 0, "{stats:?}");
+
+    // By digest too.
+    let by_digest = target.with_digest(image.manifest_digest.clone());
+    assert_eq!(
+        puller.resolve(&by_digest).await.unwrap(),
+        image.manifest_digest
+    );
+    assert_eq!(
+        puller.pull_manifest(&by_digest).await.unwrap().bytes,
+        image.manifest
+    );
+}
+
+#[tokio::test]
+async fn second_push_skips_blobs_the_registry_has() {
+    let Some(reg) = Registry::start("second_push_skips_blobs_the_registry_has", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "twice");
+    let target = reg.reference("stagecoach/twice:latest");
+    let first = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    push_image(&first, &store, &target, &image, &[]).await;
+    assert_eq!(first.stats().blobs_uploaded, 2);
+
+    let second = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let outcomes = push_image(
+        &second,
+        &store,
+        &target.with_tag("again").unwrap(),
+        &image,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![BlobPush::AlreadyPresent, BlobPush::AlreadyPresent]
+    );
+    let stats = second.stats();
+    assert_eq!(
+        (stats.blobs_uploaded, stats.blobs_already_remote),
+        (0, 2),
+        "{stats:?}"
+    );
+    assert_eq!(stats.manifests_pushed, 1);
+}
+
+#[tokio::test]
+async fn blobs_are_mounted_across_repositories() {
+    let Some(reg) = Registry::start("blobs_are_mounted_across_repositories", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "mounted");
+    let a = reg.reference("team/a:v1");
+    let b = reg.reference("team/b:v1");
+    let c = reg.reference("team/c:v1");
+    let pusher = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    push_image(&pusher, &store, &a, &image, &[]).await;
+
+    // A fresh client learns the source from the hint.
+    let other = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let outcomes = push_image(&other, &store, &b, &image, std::slice::from_ref(&a)).await;
+    let from_a = BlobPush::Mounted {
+        from: "team/a".to_owned(),
+    };
+    assert_eq!(outcomes, vec![from_a.clone(), from_a]);
+    assert_eq!(other.stats().blobs_mounted, 2);
+    assert_eq!(other.stats().blobs_uploaded, 0);
+
+    // The first client remembers where it pushed the blobs and mounts without a hint.
+    let outcomes = push_image(&pusher, &store, &c, &image, &[]).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, BlobPush::Mounted { .. })),
+        "{outcomes:?}"
+    );
+
+    // The mounted repository serves the image.
+    let pulled = other.pull_manifest(&b).await.unwrap();
+    assert_eq!(pulled.digest, image.manifest_digest);
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = ContentStore::open(fresh.path()).unwrap();
+    other
+        .pull_blob_into(&fresh, &b, &pulled.manifest.layers[0])
+        .await
+        .unwrap();
+
+    // A hint for a repository without the blob falls back to an upload.
+    let image2 = build_image(&store, "not anywhere yet");
+    let d = reg.reference("team/d:v1");
+    let outcomes = push_image(&other, &store, &d, &image2, std::slice::from_ref(&a)).await;
+    assert_eq!(outcomes, vec![BlobPush::Uploaded, BlobPush::Uploaded]);
+}
+
+#[tokio::test]
+async fn unknown_tags_and_repositories_are_not_found() {
+    let Some(reg) = Registry::start("unknown_tags_and_repositories_are_not_found", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "exists");
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    push_image(
+        &client,
+        &store,
+        &reg.reference("stagecoach/app:v1"),
+        &image,
+        &[],
+    )
+    .await;
+
+    for missing in ["stagecoach/app:nope", "stagecoach/nothing-here:v1"] {
+        let r = reg.reference(missing);
+        let err = client.pull_manifest(&r).await.unwrap_err();
+        assert_eq!(err.reason(), "NotFound", "{err}");
+        assert!(err.to_string().contains(&r.to_string()), "{err}");
+        let err = client.resolve(&r).await.unwrap_err();
+        assert_eq!(err.reason(), "NotFound", "{err}");
+    }
+    let absent = Descriptor::new(
+        media_type::OCI_LAYER_TAR_GZIP,
+        Digest::of_bytes(b"never pushed"),
+        12,
+    );
+    let err = client
+        .pull_blob_into(&store, &reg.reference("stagecoach/app:v1"), &absent)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "NotFound", "{err}");
+    assert!(!store.exists(&absent.digest).unwrap());
+    assert_eq!(client.stats().retries, 0);
+}
+
+#[tokio::test]
+async fn indexes_and_docker_manifests_are_followed() {
+    let Some(reg) = Registry::start("indexes_and_docker_manifests_are_followed", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let amd = build_image(&store, "amd64 image");
+    let arm = build_image(&store, "arm64 image");
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let repo = reg.reference("multi/app:amd64");
+    push_image(&client, &store, &repo, &amd, &[]).await;
+    push_image(&client, &store, &repo.with_tag("arm64").unwrap(), &arm, &[]).await;
+
+    let mut index = ImageIndex::new();
+    for (image, arch) in [(&arm, "arm64"), (&amd, "amd64")] {
+        let mut d = Descriptor::new(
+            media_type::OCI_MANIFEST,
+            image.manifest_digest.clone(),
+            image.manifest.len() as u64,
+        );
+        d.platform = Some(Platform::linux(arch));
+        index.manifests.push(d);
+    }
+    let (index_bytes, index_desc) = index.to_blob().unwrap();
+    let tag = repo.with_tag("multi").unwrap();
+    let pushed = client
+        .push_manifest(&tag, &index_bytes, media_type::OCI_INDEX)
+        .await
+        .unwrap();
+    assert_eq!(pushed, index_desc.digest);
+    assert_eq!(client.resolve(&tag).await.unwrap(), index_desc.digest);
+    let pulled = client.pull_manifest(&tag).await.unwrap();
+    assert_eq!(pulled.digest, amd.manifest_digest);
+    assert_eq!(pulled.index_digest, Some(index_desc.digest.clone()));
+
+    // Another platform is not guessed.
+    let s390 = RegistryClient::new(
+        Credentials::anonymous(),
+        ClientOptions {
+            platform: Platform::linux("s390x"),
+            ..fast_retries()
+        },
+    );
+    let err = s390.pull_manifest(&tag).await.unwrap_err();
+    assert_eq!(err.reason(), "PlatformNotFound", "{err}");
+
+    // A Docker v2 schema 2 manifest over the same blobs.
+    let mut docker: serde_json::Value = serde_json::from_slice(&amd.manifest).unwrap();
+    docker["mediaType"] = media_type::DOCKER_MANIFEST.into();
+    docker["config"]["mediaType"] = media_type::DOCKER_CONFIG.into();
+    docker["layers"][0]["mediaType"] = media_type::DOCKER_LAYER_TAR_GZIP.into();
+    let docker_bytes = serde_json::to_vec(&docker).unwrap();
+    let docker_tag = repo.with_tag("docker").unwrap();
+    client
+        .push_manifest(&docker_tag, &docker_bytes, media_type::DOCKER_MANIFEST)
+        .await
+        .unwrap();
+    let pulled = client.pull_manifest(&docker_tag).await.unwrap();
+    assert!(pulled.manifest.is_docker());
+    assert_eq!(pulled.media_type, media_type::DOCKER_MANIFEST);
+    assert_eq!(pulled.digest, Digest::of_bytes(&docker_bytes));
+    let config = client
+        .pull_config(&docker_tag, &pulled.manifest)
+        .await
+        .unwrap();
+    assert_eq!(config.bytes, amd.config);
+}
+
+#[tokio::test]
+async fn basic_auth_uses_config_json_credentials() {
+    let Some(reg) = Registry::start("basic_auth_uses_config_json_credentials", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "private");
+    let target = reg.reference("private/app:v1");
+
+    let anonymous = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let err = anonymous
+        .push_blob(&store, &target, &image.blobs[0], &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+    assert!(err.to_string().contains(&target.to_string()), "{err}");
+    let err = anonymous.resolve(&target).await.unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+
+    let mut wrong = Credentials::anonymous();
+    wrong.insert(
+        &reg.host,
+        Credential::Basic {
+            username: USER.to_owned(),
+            password: "wrong".to_owned(),
+        },
+    );
+    let err = RegistryClient::new(wrong, fast_retries())
+        .resolve(&target)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+
+    // A config.json as docker login writes it, and another entry to be ignored.
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let config_path = write_config_json(
+        dir.path(),
+        &format!(
+            r#"{{"auths":{{"http://{host}/v2/":{{"auth":"{auth}"}},"https://index.docker.io/v1/":{{"auth":"eDp5"}}}}}}"#,
+            host = reg.host
+        ),
+    );
+    let creds = Credentials::from_file(&config_path).unwrap();
+    let client = RegistryClient::new(creds, fast_retries());
+    push_image(&client, &store, &target, &image, &[]).await;
+    assert_eq!(
+        client.resolve(&target).await.unwrap(),
+        image.manifest_digest
+    );
+    let pulled = client.pull_manifest(&target).await.unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh = ContentStore::open(fresh.path()).unwrap();
+    client
+        .pull_blob_into(&fresh, &target, &pulled.manifest.layers[0])
+        .await
+        .unwrap();
+    // Secrets stay out of Debug output.
+    let shown = format!("{client:?}");
+    assert!(!shown.contains(PASSWORD), "{shown}");
+}
+
+fn write_config_json(dir: &Path, json: &str) -> PathBuf {
+    let path = dir.join("config.json");
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn connection_failures_are_retried_then_transient() {
+    // Needs no registry: a port nobody listens on.
+    let host = format!("127.0.0.1:{}", free_port());
+    let r = ImageRef::parse(&format!("{host}/nothing:v1")).unwrap();
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let err = client.resolve(&r).await.unwrap_err();
+    assert_eq!(err.reason(), "Transient", "{err}");
+    assert!(err.to_string().contains("3 attempt"), "{err}");
+    assert!(err.to_string().contains(&r.to_string()), "{err}");
+    assert_eq!(client.stats().retries, 2);
+}
