@@ -1501,11 +1501,15 @@ impl PreparedMount {
 /// mount leaves no trace in the root, as BuildKit removes its mount stubs.
 struct Stubs {
     created: Vec<(PathBuf, StubKind)>,
+    /// Existing directories stubs were made in: their times before, and their mtime right
+    /// after the stubs were made (to tell whether the process changed them itself).
+    parents: Vec<(PathBuf, fs::Metadata, std::time::SystemTime)>,
 }
 
 impl Stubs {
     fn create(rootfs: &Path, mounts: &[PreparedMount]) -> Result<Stubs, ExecutorError> {
         let mut created = Vec::new();
+        let mut parents = Vec::new();
         for p in mounts {
             let Some(target) = &p.target else { continue };
             if p.mount.is_none() {
@@ -1521,6 +1525,14 @@ impl Stubs {
                     break;
                 }
             }
+            let parent = missing
+                .last()
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf);
+            let parent_meta = match &parent {
+                Some(p) => Some(fs::metadata(p).map_err(io_err("inspect", p))?),
+                None => None,
+            };
             for (i, path) in missing.iter().enumerate().rev() {
                 let is_leaf = i == 0;
                 if is_leaf && p.stub != StubKind::Dir {
@@ -1531,12 +1543,30 @@ impl Stubs {
                     created.push((path.clone(), StubKind::Dir));
                 }
             }
+            if let (Some(p), Some(before)) = (parent, parent_meta) {
+                let now = fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .map_err(io_err("inspect", &p))?;
+                parents.push((p, before, now));
+            }
         }
-        Ok(Stubs { created })
+        Ok(Stubs { created, parents })
     }
 
     fn remove(self) -> Result<(), ExecutorError> {
-        for (path, kind) in self.created.into_iter().rev() {
+        // Parents the process left alone get their times back after the stubs go, so a
+        // mount does not make its parent directory look modified to the snapshot.
+        let untouched: Vec<_> = self
+            .parents
+            .iter()
+            .filter(|(p, _, after_create)| {
+                fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m == *after_create)
+            })
+            .collect();
+        for (path, kind) in self.created.iter().rev() {
+            let (path, kind) = (path.clone(), *kind);
             let result = match kind {
                 // A directory the RUN also wrote into is kept: its contents are real output.
                 StubKind::Dir => match fs::remove_dir(&path) {
@@ -1550,6 +1580,14 @@ impl Stubs {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err("remove mount stub", &path)(e)),
             }
+        }
+        for (p, before, _) in untouched.into_iter().rev() {
+            let times = fs::FileTimes::new()
+                .set_accessed(before.accessed().map_err(io_err("inspect", p))?)
+                .set_modified(before.modified().map_err(io_err("inspect", p))?);
+            fs::File::open(p)
+                .and_then(|f| f.set_times(times))
+                .map_err(io_err("restore times of", p))?;
         }
         Ok(())
     }

@@ -10,7 +10,10 @@
 //!   because chmod, chown and link-count changes move it even when mtime is kept; the price is
 //!   that a content-identical rewrite is "modified" and lands in the layer again, which is
 //!   what BuildKit's and kaniko's metadata differs do as well. Contents are never compared:
-//!   reading every file after every step is what this walk exists to avoid.
+//!   reading every file after every step is what this walk exists to avoid. Directories are
+//!   the exception for ctime: runc (and the executor's own mount stubs) create and remove
+//!   mount points and restore the parent's mtime, which only ctime would still show, and a
+//!   directory's own chmod/chown/xattr changes are compared directly anyway.
 //! - A directory whose inode changed (removed and made again) is written as *opaque*: all its
 //!   current contents plus the opaque marker, so nothing of the old one shows through. A
 //!   directory that stayed gets per-path whiteouts for what disappeared from it instead.
@@ -433,7 +436,9 @@ fn modified(a: &EntryMeta, b: &EntryMeta) -> bool {
         || a.uid != b.uid
         || a.gid != b.gid
         || a.mtime != b.mtime
-        || a.ctime != b.ctime
+        // A directory's ctime also moves when a runtime adds and removes a mount point in
+        // it and restores its mtime; mode, owner and xattr changes are compared directly.
+        || (a.kind != EntryKind::Dir && a.ctime != b.ctime)
         || a.link != b.link
         || a.xattrs != b.xattrs
         || a.rdev != b.rdev

@@ -182,7 +182,14 @@ fn unpack(store: &ContentStore, result: &StageResult) -> (tempfile::TempDir, u64
     (dir, whiteouts)
 }
 
-/// Paths, types, modes, owners, contents and link targets below a root.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Paths, types, modes, owners, contents (short text, else size and checksum) and link
+/// targets below a root.
 fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
@@ -200,7 +207,16 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
             } else if m.file_type().is_symlink() {
                 format!("link {}", std::fs::read_link(&p).unwrap().display())
             } else {
-                format!("file {}", std::fs::read_to_string(&p).unwrap())
+                let bytes = std::fs::read(&p).unwrap();
+                match String::from_utf8(bytes) {
+                    Ok(text) if text.len() <= 256 => format!("file {text}"),
+                    Ok(text) => format!("file {} bytes {}", text.len(), checksum(text.as_bytes())),
+                    Err(e) => format!(
+                        "file {} bytes {}",
+                        e.as_bytes().len(),
+                        checksum(e.as_bytes())
+                    ),
+                }
             };
             out.insert(
                 rel,
@@ -541,4 +557,151 @@ fn a_secret_is_mounted_for_one_run_and_never_lands_in_a_layer() {
         missing.outcome.result.reason.as_deref(),
         Some("MissingInput")
     );
+}
+
+// ---- RUN under the real runc (skipped with a message without root, runc or busybox) ----
+
+mod real_runc {
+    use super::*;
+    use stagecoach_builder::runc::RuncRunner;
+
+    fn busybox() -> Option<PathBuf> {
+        ["/bin/busybox", "/usr/bin/busybox"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    }
+
+    fn available(test: &str) -> bool {
+        if !rustix::process::geteuid().is_root() {
+            println!("SKIP {test}: needs root (runc containers)");
+            return false;
+        }
+        if let Err(e) = RuncRunner::new().version() {
+            println!("SKIP {test}: runc unavailable ({e})");
+            return false;
+        }
+        if busybox().is_none() {
+            println!("SKIP {test}: busybox missing (apt-get install -y busybox-static)");
+            return false;
+        }
+        true
+    }
+
+    /// A busybox root: /bin/busybox plus relative applet links, /tmp and /etc.
+    fn busybox_root(root: &Path) {
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("tmp")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let bb = busybox().unwrap();
+        std::fs::copy(&bb, root.join("bin/busybox")).unwrap();
+        let list = std::process::Command::new(&bb)
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if !applet.is_empty() && applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn run_steps_under_runc_make_minimal_layers_and_fail_with_the_exit_code() {
+        if !available("run_steps_under_runc_make_minimal_layers_and_fail_with_the_exit_code") {
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let root = work.path().join("rootfs");
+        busybox_root(&root);
+        let initial = tempfile::tempdir().unwrap();
+        busybox_root(initial.path());
+        std::fs::create_dir(work.path().join("state")).unwrap();
+        std::fs::create_dir(work.path().join("bundles")).unwrap();
+        let runner = RuncRunner::new()
+            .with_state_root(work.path().join("state"))
+            .with_bundle_parent(work.path().join("bundles"));
+        let ctx = context(&[]);
+        let secret = work.path().join("secret");
+        std::fs::write(&secret, "s3cr3t-value").unwrap();
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(store_dir.path()).unwrap();
+        let context = BuildContext::open(ctx.path()).unwrap();
+        let ex = StageExecutor::new(&store, &root, &context, &runner, ExecutorOptions::default())
+            .unwrap()
+            .with_secret("tok", &secret);
+        let df = Dockerfile::parse(
+            "FROM scratch\n\
+             ENV WHO=runc\n\
+             RUN echo \"hello $WHO\" > /greeting && rm /bin/ls && mkdir -p /data\n\
+             RUN --mount=type=secret,id=tok grep -q s3cr3t /run/secrets/tok && echo ok > /data/ok\n\
+             RUN echo about to fail; exit 3\n",
+        )
+        .unwrap();
+        let spec = StageSpec {
+            label: "runc".into(),
+            instructions: &df.stages[0].instructions,
+            escape: df.escape,
+            args: ArgSource::default(),
+            base: BaseImage::default(),
+        };
+        let mut events = Vec::new();
+        let outcome = ex.run(&spec, &mut |e: &ProgressEvent<'_>| {
+            events.push(e.to_string())
+        });
+        let r = &outcome.result;
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("RunFailed"),
+            "{:?}",
+            outcome.error
+        );
+        let f = r.failed_step.as_ref().unwrap();
+        assert_eq!((f.line, f.exit_code), (5, Some(3)));
+        assert!(f.tail.iter().any(|l| l == "about to fail"), "{:?}", f.tail);
+        assert_eq!(r.layers.len(), 2);
+
+        // Each layer holds only what its RUN changed: no runc mount points, no secret.
+        let one = tempfile::tempdir().unwrap();
+        apply_layer_blob(
+            &store,
+            &Digest::parse(&r.layers[0].digest).unwrap(),
+            None,
+            one.path(),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
+        let t = tree(one.path());
+        let mut top: Vec<_> = t.keys().filter(|k| !k.contains('/')).cloned().collect();
+        top.sort();
+        assert_eq!(top, ["bin", "data", "greeting"], "{t:?}");
+        assert!(t["greeting"].starts_with("file hello runc\n"));
+        let two = tempfile::tempdir().unwrap();
+        apply_layer_blob(
+            &store,
+            &Digest::parse(&r.layers[1].digest).unwrap(),
+            None,
+            two.path(),
+            &ApplyOptions::default(),
+        )
+        .unwrap();
+        let t2 = tree(two.path());
+        assert_eq!(t2.keys().collect::<Vec<_>>(), ["data", "data/ok"], "{t2:?}");
+
+        // The layers over the initial root give the root as the build left it.
+        for l in &r.layers {
+            apply_layer_blob(
+                &store,
+                &Digest::parse(&l.digest).unwrap(),
+                None,
+                initial.path(),
+                &ApplyOptions::default(),
+            )
+            .unwrap();
+        }
+        assert_eq!(tree(initial.path()), tree(&root));
+        assert!(!root.join("bin/ls").exists());
+        assert!(!root.join("run").exists());
+        assert_no_temp_files(&store);
+    }
 }
