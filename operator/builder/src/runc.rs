@@ -6,8 +6,8 @@
 //! 2. Create a private bundle directory (mode 0700) under the system temp dir, never inside
 //!    the root: `config.json`, the generated `hosts` and `resolv.conf` (a copy of the host's),
 //!    and runc's JSON log.
-//! 3. Create the mount points runc needs inside the root that do not exist yet (see
-//!    [`mountpoints`](self) below), recording what was created.
+//! 3. Create the mount points runc needs inside the root that do not exist yet, recording
+//!    what was created (runc would create them itself and leave them behind).
 //! 4. `runc run --bundle DIR ID` with stdin from /dev/null and runc's stdout+stderr on one
 //!    pipe; each line goes to `on_line` on the caller's thread as it arrives; the last
 //!    `tail_lines` are kept. runc itself relays the process's stdout and stderr through two
@@ -278,6 +278,16 @@ impl RuncRunner {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RunOutcome, RuncError> {
         let checked = check(request)?;
+        // The bundle holds generated files the snapshot must never see.
+        if let Ok(parent) = fs::canonicalize(&self.bundle_parent)
+            && parent.starts_with(&checked.rootfs)
+        {
+            return Err(RuncError::Invalid(format!(
+                "bundle directory {} is inside the root filesystem {}",
+                parent.display(),
+                checked.rootfs.display()
+            )));
+        }
         let id = unique_id();
         let mut run = Cleanup {
             runner: self,

@@ -480,7 +480,7 @@ fn a_signal_gives_128_plus_its_number() {
                     break pid;
                 }
                 assert!(Instant::now() < deadline, "sleep {marker} never started");
-                std::thread::yield_now();
+                std::thread::sleep(Duration::from_millis(5));
             };
             let status = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
             assert!(status.success());
@@ -526,14 +526,20 @@ fn a_missing_program_fails_to_start() {
 
 #[test]
 fn invalid_requests_are_setup_errors() {
-    // No runc needed: the request is refused before anything is created.
+    // No runc needed: each request is refused before anything is created.
     let dir = tempfile::tempdir().unwrap();
-    let runner = RuncRunner::new().with_bundle_parent(dir.path());
-    let mut request = RunRequest {
-        rootfs: dir.path().to_path_buf(),
+    let root = dir.path().join("rootfs");
+    let bundles = dir.path().join("bundles");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&bundles).unwrap();
+    let runner = RuncRunner::new()
+        .with_runc(dir.path().join("no-runc"))
+        .with_bundle_parent(&bundles);
+    let valid = RunRequest {
+        rootfs: root.clone(),
         argv: vec!["true".into()],
         env: vec![],
-        cwd: PathBuf::from("relative"),
+        cwd: PathBuf::from("/"),
         user: ProcessUser::default(),
         mounts: vec![],
         network: RunNetwork::Host,
@@ -541,16 +547,45 @@ fn invalid_requests_are_setup_errors() {
         timeout: None,
         tail_lines: 0,
     };
-    let result = runner.run(&request, &mut |_: &str| {});
-    assert!(matches!(result, Err(RunnerError::Setup(_))), "{result:?}");
-    request.cwd = PathBuf::from("/");
+    let expect_setup = |runner: &RuncRunner, request: &RunRequest, needle: &str| {
+        let result = runner.run(request, &mut |_: &str| {});
+        assert!(
+            matches!(&result, Err(RunnerError::Setup(m)) if m.contains(needle)),
+            "{needle}: {result:?}"
+        );
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(&bundles).unwrap().count(), 0);
+    };
+    let mut request = valid.clone();
+    request.cwd = PathBuf::from("relative");
+    expect_setup(&runner, &request, "not absolute");
+
+    let mut request = valid.clone();
+    request.argv.clear();
+    expect_setup(&runner, &request, "no program");
+
+    let mut request = valid.clone();
+    request.env = vec![("A=B".into(), "c".into())];
+    expect_setup(&runner, &request, "environment");
+
+    let mut request = valid.clone();
     request.mounts = vec![RunMount::Tmpfs {
         target: PathBuf::from("/a/../b"),
         size_bytes: None,
     }];
-    let result = runner.run(&request, &mut |_: &str| {});
-    assert!(matches!(result, Err(RunnerError::Setup(_))), "{result:?}");
-    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    expect_setup(&runner, &request, "'..'");
+
+    let mut request = valid.clone();
+    request.mounts = vec![RunMount::Bind {
+        source: dir.path().join("missing"),
+        target: PathBuf::from("/m"),
+        readonly: true,
+    }];
+    expect_setup(&runner, &request, "bind mount source");
+
+    // A bundle inside the root would land in the next snapshot.
+    let inside = runner.clone().with_bundle_parent(&root);
+    expect_setup(&inside, &valid, "inside the root");
 }
 
 #[test]
@@ -596,4 +631,40 @@ fn a_panicking_line_callback_still_cleans_up() {
     assert!(result.is_err());
     f.assert_nothing_left();
     assert_eq!(tree(&f.root()), before);
+}
+
+#[test]
+fn the_container_is_confined_like_a_docker_run() {
+    if !available("the_container_is_confined_like_a_docker_run") {
+        return;
+    }
+    let f = Fixture::new();
+    let script = "\
+        wc -c < /proc/timer_list; \
+        (echo x > /proc/sysrq-trigger) 2>/dev/null && echo SYSRQ_WRITABLE || echo SYSRQ_RO; \
+        touch /sys/x 2>/dev/null && echo SYS_WRITABLE || echo SYS_RO; \
+        ls /dev | tr '\\n' ' '; echo; \
+        echo ok > /dev/null && head -c 4 /dev/zero | wc -c; \
+        grep -c . /proc/1/cmdline >/dev/null && ps -o pid= | head -1; \
+        ulimit -n";
+    // As root, who could read /proc/timer_list (6 KB here) were it not masked.
+    let (result, lines) = f.run(&f.request(script));
+    assert_eq!(result.unwrap().exit_code, 0, "{lines:?}");
+    assert_eq!(lines[0].trim(), "0", "masked /proc/timer_list: {lines:?}");
+    assert_eq!(lines[1], "SYSRQ_RO");
+    assert_eq!(lines[2], "SYS_RO");
+    for device in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "mqueue",
+    ] {
+        assert!(
+            lines[3].split_whitespace().any(|d| d == device),
+            "/dev lacks {device}: {}",
+            lines[3]
+        );
+    }
+    assert_eq!(lines[4].trim(), "4");
+    // Its own pid namespace: the shell is pid 1.
+    assert_eq!(lines[5].trim(), "1");
+    let nofile: u64 = lines[6].trim().parse().unwrap();
+    assert!(nofile >= 1024, "{lines:?}");
 }
