@@ -59,7 +59,10 @@ impl Registry {
     /// when docker-registry is not installed.
     fn start(test: &str, auth: bool) -> Option<Registry> {
         let Some(bin) = registry_binary() else {
-            eprintln!(
+            // Straight to stderr: libtest captures eprintln! of passing tests, and a skip
+            // must be seen.
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIP {test}: docker-registry is not installed (apt-get install docker-registry)"
             );
             return None;
@@ -565,4 +568,140 @@ async fn connection_failures_are_retried_then_transient() {
     assert!(err.to_string().contains("3 attempt"), "{err}");
     assert!(err.to_string().contains(&r.to_string()), "{err}");
     assert_eq!(client.stats().retries, 2);
+}
+
+/// Incompressible bytes without a random-number dependency (xorshift64).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test]
+async fn whole_images_with_a_multi_megabyte_layer() {
+    let Some(reg) = Registry::start("whole_images_with_a_multi_megabyte_layer", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    // Larger than oci-client's 4 MiB chunk and our 1 MiB read size, and not a multiple.
+    std::fs::write(
+        root.path().join("big.bin"),
+        noise(6 * 1024 * 1024 + 12345, 7),
+    )
+    .unwrap();
+    let layer = write_layer(
+        &store,
+        root.path(),
+        LayerSource::Tree,
+        &LayerOptions {
+            source_date_epoch: Some(0),
+            ..LayerOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(layer.size > 6 * 1024 * 1024, "{}", layer.size);
+    let mut config = ImageConfig::new_linux("amd64");
+    config.push_layer(layer.diff_id.clone(), History::default());
+    let (config_bytes, config_desc) = config.to_blob().unwrap();
+    store.put_bytes(&config_bytes).unwrap();
+    let (manifest_bytes, manifest_desc) = ImageManifest::new(config_desc, vec![layer.descriptor()])
+        .to_blob()
+        .unwrap();
+    store.put_bytes(&manifest_bytes).unwrap();
+
+    let target = reg.reference("big/app:v1");
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let pushed = client
+        .push_image(&store, &target, &manifest_desc, &[])
+        .await
+        .unwrap();
+    assert_eq!(pushed.digest, manifest_desc.digest);
+    assert_eq!(pushed.blobs, vec![BlobPush::Uploaded, BlobPush::Uploaded]);
+    let again = client
+        .push_image(&store, &target, &manifest_desc, &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        again.blobs,
+        vec![BlobPush::AlreadyPresent, BlobPush::AlreadyPresent]
+    );
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    let fresh = ContentStore::open(fresh_dir.path()).unwrap();
+    let puller = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let pulled = puller.pull_image(&fresh, &target).await.unwrap();
+    assert_eq!(pulled.manifest.digest, manifest_desc.digest);
+    for digest in [
+        &manifest_desc.digest,
+        &layer.digest,
+        &pulled.manifest.manifest.config.digest,
+    ] {
+        fresh.verify(digest).unwrap();
+    }
+    puller.pull_image(&fresh, &target).await.unwrap();
+    let stats = puller.stats();
+    assert_eq!(
+        (stats.blobs_downloaded, stats.blobs_already_local),
+        (1, 1),
+        "{stats:?}"
+    );
+}
+
+/// A server that answers every request with `status` and counts the requests.
+fn failing_server(
+    status: &'static str,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                buf.push(byte[0]);
+            }
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (host, count)
+}
+
+#[tokio::test]
+async fn server_errors_and_rate_limits_are_retried() {
+    for status in ["503 Service Unavailable", "429 Too Many Requests"] {
+        let (host, requests) = failing_server(status);
+        let r = ImageRef::parse(&format!("{host}/busy:v1")).unwrap();
+        let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+        let err = client.pull_manifest(&r).await.unwrap_err();
+        assert_eq!(err.reason(), "Transient", "{status}: {err}");
+        assert!(err.to_string().contains("3 attempt"), "{err}");
+        assert_eq!(client.stats().retries, 2);
+        assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    }
+    // A client error is final at once.
+    let (host, _) = failing_server("400 Bad Request");
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let err = client
+        .pull_manifest(&ImageRef::parse(&format!("{host}/bad:v1")).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Protocol", "{err}");
+    assert_eq!(client.stats().retries, 0);
 }

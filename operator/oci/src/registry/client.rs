@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 
@@ -94,6 +94,9 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Longest wait for any read on a connection.
     pub read_timeout: Duration,
+    /// Blobs transferred at once by [`RegistryClient::pull_image`] and
+    /// [`RegistryClient::push_image`].
+    pub parallel_blobs: usize,
 }
 
 impl Default for ClientOptions {
@@ -104,6 +107,7 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(300),
+            parallel_blobs: 3,
         }
     }
 }
@@ -192,6 +196,26 @@ pub struct PulledConfig {
     pub bytes: Vec<u8>,
     /// The parsed config.
     pub config: ImageConfig,
+}
+
+/// An image pulled into a store by [`RegistryClient::pull_image`].
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// The image manifest (pinned reference, digest, exact bytes).
+    pub manifest: PulledManifest,
+    /// Its config.
+    pub config: PulledConfig,
+}
+
+/// An image pushed by [`RegistryClient::push_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedImage {
+    /// The manifest digest the registry confirmed.
+    pub digest: Digest,
+    /// The manifest's size.
+    pub size: u64,
+    /// What happened to each blob: layers in manifest order, then the config.
+    pub blobs: Vec<BlobPush>,
 }
 
 /// Counts of what the client did, for progress lines, metrics and tests.
@@ -661,6 +685,93 @@ impl RegistryClient {
         Ok(confirmed)
     }
 
+    /// Pulls a whole image into `store`: the image manifest's exact bytes, its config and
+    /// its layers (up to [`ClientOptions::parallel_blobs`] at a time; those already in the
+    /// store are not fetched). The manifest's digest is what a build pins the base image to.
+    pub async fn pull_image(
+        &self,
+        store: &ContentStore,
+        reference: &ImageRef,
+    ) -> Result<PulledImage, RegistryError> {
+        let manifest = self.pull_manifest(reference).await?;
+        let pinned = &manifest.reference;
+        let store_err = |source| RegistryError::Store {
+            op: op::PULL_MANIFEST,
+            reference: pinned.to_string(),
+            source,
+        };
+        let config = self.pull_config(pinned, &manifest.manifest).await?;
+        store.put_bytes(&config.bytes).map_err(store_err)?;
+        let layers = &manifest.manifest.layers;
+        futures_util::stream::iter(layers.iter().filter(|l| !is_foreign(l)))
+            .map(|layer| self.pull_blob_into(store, pinned, layer))
+            .buffer_unordered(self.options.parallel_blobs.max(1))
+            .try_for_each(|_| std::future::ready(Ok(())))
+            .await?;
+        // The manifest goes in last, so a manifest in the store means its blobs are there.
+        store.put_bytes(&manifest.bytes).map_err(store_err)?;
+        Ok(PulledImage { manifest, config })
+    }
+
+    /// Pushes an image whose manifest, config and layers are in `store`: blobs first (up
+    /// to [`ClientOptions::parallel_blobs`] at a time, skipped or mounted where possible, see
+    /// [`RegistryClient::push_blob`]), then the manifest's exact bytes under `target`.
+    /// Returns the digest the registry confirms and what happened to each blob (layers in
+    /// order, then the config).
+    pub async fn push_image(
+        &self,
+        store: &ContentStore,
+        target: &ImageRef,
+        manifest: &Descriptor,
+        mount_from: &[ImageRef],
+    ) -> Result<PushedImage, RegistryError> {
+        let store_err = |source| RegistryError::Store {
+            op: op::PUSH_MANIFEST,
+            reference: target.to_string(),
+            source,
+        };
+        let bytes = store
+            .read_to_vec(&manifest.digest, MAX_MANIFEST_BYTES as u64)
+            .map_err(store_err)?;
+        let parsed = match parse_manifest(&bytes, Some(&manifest.media_type)) {
+            Ok(Manifest::Image(m)) => m,
+            Ok(Manifest::Index(_)) => {
+                return Err(RegistryError::Protocol {
+                    op: op::PUSH_MANIFEST,
+                    reference: target.to_string(),
+                    detail: "push_image takes an image manifest, not an index".to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(RegistryError::Protocol {
+                    op: op::PUSH_MANIFEST,
+                    reference: target.to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let blobs: Vec<&Descriptor> = parsed
+            .layers
+            .iter()
+            .filter(|l| !is_foreign(l))
+            .chain(std::iter::once(&parsed.config))
+            .collect();
+        // `buffered` (not `buffer_unordered`) keeps the outcomes in manifest order.
+        let outcomes: Vec<BlobPush> = futures_util::stream::iter(blobs)
+            .map(|desc| self.push_blob(store, target, desc, mount_from))
+            .buffered(self.options.parallel_blobs.max(1))
+            .try_collect()
+            .await?;
+        let digest = self
+            .push_manifest(target, &bytes, &manifest.media_type)
+            .await?;
+        Ok(PushedImage {
+            digest,
+            size: bytes.len() as u64,
+            blobs: outcomes,
+        })
+    }
+
     /// Fetches a manifest document (image or index) and checks it against the reference's
     /// digest when there is one.
     async fn fetch_manifest(
@@ -835,6 +946,15 @@ fn parse(reference: &ImageRef, bytes: &[u8]) -> Result<Manifest, RegistryError> 
         reference: reference.to_string(),
         detail: e.to_string(),
     })
+}
+
+/// Foreign (non-distributable) layers live at their `urls`, not in the registry: they are
+/// neither fetched nor pushed, as other clients do.
+fn is_foreign(desc: &Descriptor) -> bool {
+    matches!(
+        desc.media_type.as_str(),
+        media_type::DOCKER_LAYER_FOREIGN_TAR_GZIP | media_type::OCI_LAYER_NONDISTRIBUTABLE_TAR_GZIP
+    )
 }
 
 fn platform_text(p: &Platform) -> String {

@@ -19,8 +19,8 @@ mod reference;
 
 pub use auth::{Credential, Credentials, CredentialsError};
 pub use client::{
-    BlobPush, ClientOptions, ClientStats, PulledConfig, PulledManifest, RegistryClient,
-    RetryPolicy, uses_plain_http,
+    BlobPush, ClientOptions, ClientStats, PulledConfig, PulledImage, PulledManifest, PushedImage,
+    RegistryClient, RetryPolicy, uses_plain_http,
 };
 pub use reference::{DOCKER_HUB, ImageRef, ReferenceError, normalize_registry};
 
