@@ -559,6 +559,131 @@ fn a_secret_is_mounted_for_one_run_and_never_lands_in_a_layer() {
     );
 }
 
+#[test]
+fn copy_from_a_stage_and_bind_mount_inputs_are_part_of_the_keys() {
+    let ctx = context(&[("conf.txt", "v1")]);
+    let stage0 = context(&[("out/bin", "binary-v1")]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let df = Dockerfile::parse(
+        "FROM scratch AS build\nFROM scratch\nCOPY --from=build /out/bin /app/bin\n\
+         RUN --mount=type=bind,source=conf.txt,target=/mnt/conf write /seen yes\n",
+    )
+    .unwrap();
+    let run = |runner: &FakeRunner| {
+        let root = tempfile::tempdir().unwrap();
+        let context = BuildContext::open(ctx.path()).unwrap();
+        let ex = StageExecutor::new(
+            &store,
+            root.path(),
+            &context,
+            runner,
+            ExecutorOptions::default(),
+        )
+        .unwrap()
+        .with_stage(
+            0,
+            stagecoach_builder::executor::StageSource {
+                name: Some("build".into()),
+                root: stage0.path().to_owned(),
+            },
+        );
+        let spec = StageSpec {
+            label: "1".into(),
+            instructions: &df.stages[1].instructions,
+            escape: df.escape,
+            args: ArgSource::default(),
+            base: BaseImage::default(),
+        };
+        let outcome = ex.run(&spec, &mut |_: &ProgressEvent<'_>| {});
+        (outcome, root)
+    };
+    let first_runner = FakeRunner::default();
+    let (first, root) = run(&first_runner);
+    assert!(first.error.is_none(), "{:?}", first.error);
+    let calls = first_runner.calls();
+    assert_eq!(
+        calls[0].mounts,
+        [RunMount::Bind {
+            source: ctx.path().join("conf.txt"),
+            target: PathBuf::from("/mnt/conf"),
+            readonly: true
+        }]
+    );
+    let t = tree(root.path());
+    assert_eq!(
+        t.keys().collect::<Vec<_>>(),
+        ["app", "app/bin", "seen"],
+        "the mount stub and its parent are gone"
+    );
+    assert!(t["app/bin"].starts_with("file binary-v1 "));
+
+    // The bound file changes: the COPY still hits, the RUN runs again.
+    std::fs::write(ctx.path().join("conf.txt"), "v2").unwrap();
+    let second_runner = FakeRunner::default();
+    let (second, _root) = run(&second_runner);
+    let cached: Vec<_> = second.result.steps.iter().map(|s| s.cached).collect();
+    assert_eq!(cached, [true, false]);
+    assert_eq!(second_runner.calls().len(), 1);
+
+    // The stage's file changes: both run again.
+    std::fs::write(stage0.path().join("out/bin"), "binary-v2").unwrap();
+    let third_runner = FakeRunner::default();
+    let (third, _root) = run(&third_runner);
+    let cached: Vec<_> = third.result.steps.iter().map(|s| s.cached).collect();
+    assert_eq!(cached, [false, false]);
+
+    // An unknown stage is bad input.
+    let df2 = Dockerfile::parse("FROM scratch\nCOPY --from=nope /x /x\n").unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let context = BuildContext::open(ctx.path()).unwrap();
+    let runner = FakeRunner::default();
+    let ex = StageExecutor::new(
+        &store,
+        root.path(),
+        &context,
+        &runner,
+        ExecutorOptions::default(),
+    )
+    .unwrap();
+    let spec = StageSpec {
+        label: "0".into(),
+        instructions: &df2.stages[0].instructions,
+        escape: df2.escape,
+        args: ArgSource::default(),
+        base: BaseImage::default(),
+    };
+    let outcome = ex.run(&spec, &mut |_: &ProgressEvent<'_>| {});
+    assert_eq!(outcome.exit_code(), ExitCode::BadInput);
+}
+
+#[test]
+fn a_long_result_fits_a_termination_message() {
+    let result = StageResult {
+        outcome: Outcome::Failed,
+        reason: Some("RunFailed".into()),
+        message: Some("m".repeat(3000)),
+        failed_step: Some(stagecoach_builder::executor::FailedStep {
+            instruction: "RUN x".into(),
+            line: 2,
+            exit_code: Some(1),
+            tail: vec!["l".repeat(200); 20],
+        }),
+        exit_code: 1,
+        layers: Vec::new(),
+        config_digest: None,
+        config_size: None,
+        cache_hits: 0,
+        steps: Vec::new(),
+        duration_ms: 1,
+    };
+    let json = result.to_json_within(4096);
+    assert!(json.len() <= 4096);
+    let back: StageResult = serde_json::from_slice(&json).unwrap();
+    assert_eq!(back.reason.as_deref(), Some("RunFailed"));
+    assert_eq!(back.failed_step.unwrap().exit_code, Some(1));
+}
+
 // ---- RUN under the real runc (skipped with a message without root, runc or busybox) ----
 
 mod real_runc {
