@@ -65,6 +65,9 @@ pub const DEFAULT_RUNC: &str = "/usr/sbin/runc";
 /// lowers it.
 const MAX_NOFILE: u64 = 1_048_576;
 
+/// How often `runc kill` is repeated after a timeout until runc finishes.
+const KILL_RETRY: Duration = Duration::from_millis(100);
+
 /// Lines longer than this are split, so a process printing without newlines cannot make us
 /// buffer without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024;
@@ -444,10 +447,19 @@ impl RuncRunner {
             }
         }
         // Killing the container's init ends its whole pid namespace; runc run then reaps it,
-        // removes the container and exits, which closes the pipe.
-        self.kill(id);
-        if self.drain_until(receiver, Instant::now() + self.kill_grace, deliver) {
-            return true;
+        // removes the container and exits, which closes the pipe. The kill is repeated
+        // because a timeout can strike while runc is still creating the container, when
+        // `runc kill` finds nothing to kill yet.
+        let grace_end = Instant::now() + self.kill_grace;
+        loop {
+            self.kill(id);
+            let next = (Instant::now() + KILL_RETRY).min(grace_end);
+            if self.drain_until(receiver, next, deliver) {
+                return true;
+            }
+            if Instant::now() >= grace_end {
+                break;
+            }
         }
         // runc did not finish (e.g. stuck before the container existed): kill runc itself and
         // let `delete --force` kill whatever is left in the container's cgroup.

@@ -189,6 +189,33 @@ fn echo_streams_lines_and_exits_zero() {
 }
 
 #[test]
+fn runc_default_state_root_is_left_empty_of_our_containers() {
+    if !available("runc_default_state_root_is_left_empty_of_our_containers") {
+        return;
+    }
+    let f = Fixture::new();
+    // The only test using runc's default state root (/run/runc), as `stagecoach build` does.
+    let runner = RuncRunner::new().with_bundle_parent(f.dir.path().join("bundles"));
+    let mut lines = Vec::new();
+    let outcome = runner
+        .run(&f.request("echo hi"), &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+    assert_eq!((outcome.exit_code, lines), (0, vec!["hi".to_string()]));
+    f.assert_nothing_left();
+    let list = Command::new("runc").args(["list", "-q"]).output().unwrap();
+    assert!(list.status.success());
+    let ours = format!("stagecoach-{}-", std::process::id());
+    let left: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|id| id.starts_with(&ours))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "containers left: {left:?}");
+}
+
+#[test]
 fn non_zero_exit_code_and_tail() {
     if !available("non_zero_exit_code_and_tail") {
         return;
@@ -459,6 +486,26 @@ fn a_timeout_kills_the_process() {
     }
     assert_eq!(lines, vec!["started"]);
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn a_timeout_during_container_creation_still_kills() {
+    if !available("a_timeout_during_container_creation_still_kills") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut request = f.request("sleep 100");
+    // Expires before runc has created the container.
+    request.timeout = Some(Duration::from_millis(1));
+    let start = Instant::now();
+    let (result, _) = f.run(&request);
+    assert!(matches!(result, Err(RunnerError::Timeout(_))), "{result:?}");
+    // Well within the 5 s grace after which runc itself would be killed.
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
