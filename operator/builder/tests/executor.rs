@@ -658,6 +658,73 @@ fn copy_from_a_stage_and_bind_mount_inputs_are_part_of_the_keys() {
 }
 
 #[test]
+fn a_base_image_starts_the_chain_and_its_onbuild_triggers_run_first() {
+    let ctx = context(&[]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let base = ImageConfig::from_json(
+        br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},
+            "config":{"Env":["FROM_BASE=1"],"OnBuild":["ENV TRIGGERED=yes"]},
+            "history":[{"created_by":"base"}]}"#,
+    )
+    .unwrap();
+    let df = Dockerfile::parse("FROM base\nWORKDIR /w\nWORKDIR /w\nRUN write /w/x $TRIGGERED\n")
+        .unwrap();
+    let runner = FakeRunner::default();
+    let root = tempfile::tempdir().unwrap();
+    let context = BuildContext::open(ctx.path()).unwrap();
+    let ex = StageExecutor::new(
+        &store,
+        root.path(),
+        &context,
+        &runner,
+        ExecutorOptions::default(),
+    )
+    .unwrap();
+    let spec = StageSpec {
+        label: "0".into(),
+        instructions: &df.stages[0].instructions,
+        escape: df.escape,
+        args: ArgSource::default(),
+        base: BaseImage {
+            config: Some(base),
+            layers: Vec::new(),
+        },
+    };
+    let outcome = ex.run(&spec, &mut |_: &ProgressEvent<'_>| {});
+    assert!(outcome.error.is_none(), "{:?}", outcome.error);
+    let c = config(&store, &outcome.result);
+    assert_eq!(c.architecture, "arm64", "the base config is kept");
+    let history: Vec<_> = c
+        .history
+        .iter()
+        .map(|h| (h.created_by.clone().unwrap(), h.empty_layer))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("base".to_string(), false),
+            ("ENV TRIGGERED=yes".to_string(), true),
+            ("WORKDIR /w".to_string(), false),
+            ("WORKDIR /w".to_string(), true),
+            (
+                "RUN /bin/sh -c write /w/x $TRIGGERED # buildkit".to_string(),
+                false
+            ),
+        ],
+        "the second WORKDIR created nothing, so it has no layer"
+    );
+    let cc = c.config.unwrap();
+    assert!(cc.on_build.is_empty());
+    assert!(cc.env.contains(&"FROM_BASE=1".to_string()));
+    assert_eq!(outcome.result.layers.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("w/x")).unwrap(),
+        "yes"
+    );
+}
+
+#[test]
 fn a_long_result_fits_a_termination_message() {
     let result = StageResult {
         outcome: Outcome::Failed,
