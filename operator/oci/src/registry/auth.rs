@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::reference::normalize_registry;
+use super::reference::{normalize_registry, registry_host};
 
 /// Why a credentials file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +184,30 @@ impl Credentials {
         Self::parse(&bytes, Some(path))
     }
 
+    /// Where docker keeps its config: `$DOCKER_CONFIG/config.json`, else
+    /// `$HOME/.docker/config.json`. `None` when neither variable is set.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|home| PathBuf::from(home).join(".docker").join("config.json"))
+    }
+
+    /// Like [`Credentials::from_file`], but a missing file means no credentials (a machine
+    /// that never ran `docker login`).
+    pub fn from_file_if_exists(path: &Path) -> Result<Self, CredentialsError> {
+        match Self::from_file(path) {
+            Err(CredentialsError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(Credentials::anonymous())
+            }
+            other => other,
+        }
+    }
+
     /// Parses the JSON of a docker `config.json` / `.dockerconfigjson`.
     pub fn from_json(bytes: &[u8]) -> Result<Self, CredentialsError> {
         Self::parse(bytes, None)
@@ -210,14 +234,14 @@ impl Credentials {
             let Some(cred) = entry_credential(&key, entry, path)? else {
                 continue;
             };
-            out.by_host.insert(host_of_key(&key), cred);
+            out.by_host.insert(registry_host(&key), cred);
         }
         Ok(out)
     }
 
     /// Adds or replaces the credential for a registry (`--creds`-style overrides, tests).
     pub fn insert(&mut self, registry: &str, credential: Credential) {
-        self.by_host.insert(host_of_key(registry), credential);
+        self.by_host.insert(registry_host(registry), credential);
     }
 
     /// The credential for a registry host (`docker.io`, `host:port`), anonymous when none.
@@ -284,16 +308,6 @@ fn entry_credential(
         }
         _ => Ok(None),
     }
-}
-
-/// The host a config key names: scheme and path dropped, Docker Hub aliases folded.
-fn host_of_key(key: &str) -> String {
-    let rest = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    let host = rest.split('/').next().unwrap_or(rest);
-    normalize_registry(host)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 
 use super::RegistryError;
 use super::auth::Credentials;
-use super::reference::{ImageRef, normalize_registry};
+use super::reference::{ImageRef, normalize_registry, registry_host};
 use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, ImageManifest, Manifest, Platform, parse_manifest};
@@ -126,7 +126,7 @@ pub fn uses_plain_http(registry: &str, insecure: &[String]) -> bool {
             .is_ok_and(|ip| ip.is_loopback());
     loopback
         || insecure.iter().any(|entry| {
-            let entry = normalize_registry(entry.trim());
+            let entry = registry_host(entry);
             entry == registry || (!has_port(&entry) && entry == host)
         })
 }
@@ -1146,7 +1146,7 @@ mod tests {
         ] {
             assert!(!uses_plain_http(remote, &none), "{remote}");
         }
-        let insecure = vec!["10.0.0.1:5000".to_owned(), "reg.lan".to_owned()];
+        let insecure = vec!["10.0.0.1:5000".to_owned(), "http://reg.lan/".to_owned()];
         assert!(uses_plain_http("10.0.0.1:5000", &insecure));
         assert!(!uses_plain_http("10.0.0.1:5001", &insecure));
         assert!(uses_plain_http("reg.lan", &insecure));

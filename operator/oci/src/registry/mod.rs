@@ -22,7 +22,7 @@ pub use client::{
     BlobPush, ClientOptions, ClientStats, PulledConfig, PulledImage, PulledManifest, PushedImage,
     RegistryClient, RetryPolicy, uses_plain_http,
 };
-pub use reference::{DOCKER_HUB, ImageRef, ReferenceError, normalize_registry};
+pub use reference::{DOCKER_HUB, ImageRef, ReferenceError, normalize_registry, registry_host};
 
 use crate::store::StoreError;
 

@@ -175,6 +175,19 @@ impl fmt::Debug for ImageRef {
     }
 }
 
+impl serde::Serialize for ImageRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImageRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ImageRef::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for ImageRef {
     type Err = ReferenceError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -191,6 +204,19 @@ pub fn normalize_registry(host: &str) -> String {
     } else {
         lower
     }
+}
+
+/// The registry host a user-written name means: `https://index.docker.io/v1/`,
+/// `http://host:5000` or `host:5000/` lose their scheme and path, then are normalised. Used
+/// for credential keys and `--insecure-registry` values.
+pub fn registry_host(name: &str) -> String {
+    let name = name.trim();
+    let rest = name
+        .strip_prefix("https://")
+        .or_else(|| name.strip_prefix("http://"))
+        .unwrap_or(name);
+    let host = rest.split('/').next().unwrap_or(rest);
+    normalize_registry(host)
 }
 
 /// Splits `name` into registry and repository, applying Docker Hub's defaults.
@@ -486,6 +512,25 @@ mod tests {
         for bad in ["", "a.", ".a", "a..b", "a___b", "a._b", "A", "a-"] {
             assert!(!component_ok(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn registry_hosts_from_user_forms() {
+        assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(registry_host(" http://Reg.Lan:5000/v2/ "), "reg.lan:5000");
+        assert_eq!(registry_host("reg.lan:5000/"), "reg.lan:5000");
+        assert_eq!(registry_host("[::1]:5000"), "[::1]:5000");
+    }
+
+    #[test]
+    fn serde_uses_the_normalised_text() {
+        let r: ImageRef = serde_json::from_str(r#""busybox:1""#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#""docker.io/library/busybox:1""#
+        );
+        let err = serde_json::from_str::<ImageRef>(r#""Bad""#).unwrap_err();
+        assert!(err.to_string().contains("\"Bad\""), "{err}");
     }
 
     #[test]
