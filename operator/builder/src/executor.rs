@@ -1180,6 +1180,8 @@ impl<'a> StageExecutor<'a> {
             |ex, progress| {
                 let cwd_path = rootpath::resolve(&ex.rootfs, &cwd, true)?.path;
                 fs::create_dir_all(&cwd_path).map_err(io_err("create", &cwd_path))?;
+                let mut request = request_base.clone();
+                let _scratch = ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?;
                 let stubs = Stubs::create(&ex.rootfs, &prepared)?;
                 let mut _locks = Vec::new();
                 for p in &prepared {
@@ -1189,7 +1191,7 @@ impl<'a> StageExecutor<'a> {
                 }
                 let outcome = ex
                     .runner
-                    .run(&request_base, &mut |l: &str| {
+                    .run(&request, &mut |l: &str| {
                         progress.on_event(&ProgressEvent::Output {
                             step: number,
                             line: l,
@@ -1378,14 +1380,12 @@ impl<'a> StageExecutor<'a> {
                     stub: StubKind::Dir,
                     key_input: None,
                     lock,
+                    rw_copy: None,
                 })
             }
             MountType::Bind => {
                 let target = target.ok_or_else(|| unsupported("a bind mount without target"))?;
                 let readonly = m.readonly.unwrap_or(true);
-                if !readonly {
-                    return Err(unsupported("RUN --mount=type=bind,rw"));
-                }
                 let source = m.source.clone().unwrap_or_else(|| "/".to_string());
                 let (root, input_name) = match &m.from {
                     None => (self.context.root().to_owned(), format!("mount:{target}")),
@@ -1413,6 +1413,13 @@ impl<'a> StageExecutor<'a> {
                     },
                     key_input: Some((input_name, digest)),
                     lock: None,
+                    // Writes to a read-write bind mount are thrown away (BuildKit's rule), so
+                    // the process gets a copy, made only when the step really runs.
+                    rw_copy: (!readonly).then(|| RwCopy {
+                        root,
+                        source,
+                        is_dir: meta.is_dir(),
+                    }),
                 })
             }
             MountType::Tmpfs => {
@@ -1426,6 +1433,7 @@ impl<'a> StageExecutor<'a> {
                     stub: StubKind::Dir,
                     key_input: None,
                     lock: None,
+                    rw_copy: None,
                 })
             }
             MountType::Secret => {
@@ -1461,6 +1469,7 @@ impl<'a> StageExecutor<'a> {
                     stub: StubKind::Secret,
                     key_input: None,
                     lock: None,
+                    rw_copy: None,
                 })
             }
             MountType::Ssh => Err(unsupported("RUN --mount=type=ssh")),
@@ -1483,6 +1492,81 @@ struct PreparedMount {
     stub: StubKind,
     key_input: Option<(String, String)>,
     lock: Option<PathBuf>,
+    rw_copy: Option<RwCopy>,
+}
+
+/// What a read-write bind mount copies before the run.
+struct RwCopy {
+    root: PathBuf,
+    source: String,
+    is_dir: bool,
+}
+
+/// Throw-away copies for read-write bind mounts, removed when dropped (also on errors).
+struct ScratchDirs(Vec<PathBuf>);
+
+impl Drop for ScratchDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            // Best effort: a leftover under `tmp/` of the cache root is garbage, not state.
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl StageExecutor<'_> {
+    /// Makes the copies read-write bind mounts need and points their mounts at them.
+    fn materialize_rw_copies(
+        &self,
+        prepared: &[PreparedMount],
+        mounts: &mut [RunMount],
+        line: usize,
+    ) -> Result<ScratchDirs, ExecutorError> {
+        let mut scratch = ScratchDirs(Vec::new());
+        let mut index = 0;
+        for p in prepared {
+            if p.mount.is_none() {
+                continue;
+            }
+            let slot = index;
+            index += 1;
+            let Some(rw) = &p.rw_copy else { continue };
+            let tmp = self.store.root().join("tmp");
+            fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+            let dir = tmp.join(format!(
+                "bind-{}-{}",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+            scratch.0.push(dir.clone());
+            let ctx = if rw.root == self.context.root() {
+                self.context.clone()
+            } else {
+                BuildContext::with_patterns(&rw.root, &[] as &[&str])?
+            };
+            let dest = if rw.is_dir { "/" } else { "/file" };
+            let spec = CopySpec {
+                sources: vec![rw.source.clone()],
+                dest: dest.to_string(),
+                ..CopySpec::default()
+            };
+            let plan = copy::plan(&ctx, &spec, &dir)
+                .map_err(|source| ExecutorError::Copy { line, source })?;
+            copy::apply(
+                &plan,
+                &dir,
+                copy::ApplyOptions {
+                    set_owner: self.options.set_owner,
+                },
+            )
+            .map_err(|source| ExecutorError::Copy { line, source })?;
+            if let Some(RunMount::Bind { source, .. }) = mounts.get_mut(slot) {
+                *source = if rw.is_dir { dir } else { dir.join("file") };
+            }
+        }
+        Ok(scratch)
+    }
 }
 
 impl PreparedMount {
@@ -1493,6 +1577,7 @@ impl PreparedMount {
             stub: StubKind::Dir,
             key_input: None,
             lock: None,
+            rw_copy: None,
         }
     }
 }

@@ -23,7 +23,8 @@ use stagecoach_oci::{ApplyOptions, Compression, ContentStore, Digest, ImageConfi
 /// Interprets a tiny command language, `;`-separated, so tests can say what "the process"
 /// does: `write PATH TEXT` (`$NAME` in TEXT from the request's env), `rm PATH`, `rmdir PATH`,
 /// `mkdir PATH`, `echo TEXT`, `fail CODE`, `expose-mounts` (copies every bind mount's source
-/// file onto its target, as a real bind mount would show it).
+/// file onto its target, as a real bind mount would show it), `touch-mount TARGET` (writes a
+/// file through the bind mount at TARGET, into its host source).
 #[derive(Default)]
 struct FakeRunner {
     calls: Mutex<Vec<RunRequest>>,
@@ -76,6 +77,16 @@ impl Runner for FakeRunner {
                             && source.is_file()
                         {
                             std::fs::copy(source, in_root(root, target.to_str().unwrap())).unwrap();
+                        }
+                    }
+                }
+                "touch-mount" => {
+                    for m in &request.mounts {
+                        if let RunMount::Bind { source, target, .. } = m
+                            && target == Path::new(a)
+                        {
+                            assert!(source.join("conf.txt").is_file(), "a copy of the context");
+                            std::fs::write(source.join("touched"), "x").unwrap();
                         }
                     }
                 }
@@ -721,6 +732,42 @@ fn a_base_image_starts_the_chain_and_its_onbuild_triggers_run_first() {
     assert_eq!(
         std::fs::read_to_string(root.path().join("w/x")).unwrap(),
         "yes"
+    );
+}
+
+#[test]
+fn a_read_write_bind_mount_gets_a_throw_away_copy() {
+    let ctx = context(&[("conf.txt", "v1")]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let runner = FakeRunner::default();
+    let b = build(
+        "FROM scratch\nRUN --mount=type=bind,rw,target=/src touch-mount /src; write /done y\n",
+        ctx.path(),
+        &store,
+        &runner,
+        false,
+    );
+    assert!(b.outcome.error.is_none(), "{:?}", b.outcome.error);
+    let calls = runner.calls();
+    match &calls[0].mounts[0] {
+        RunMount::Bind {
+            source, readonly, ..
+        } => {
+            assert!(!readonly);
+            assert!(source.starts_with(store_dir.path().join("tmp")));
+            assert!(!source.exists(), "the copy is removed after the run");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !ctx.path().join("touched").exists(),
+        "the context is untouched"
+    );
+    assert_eq!(
+        tree(b.root.path()).keys().collect::<Vec<_>>(),
+        ["done"],
+        "the mount point is gone"
     );
 }
 
