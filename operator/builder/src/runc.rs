@@ -32,6 +32,12 @@
 //!   reports). A failure of runc itself before the process ran (bad config, missing program)
 //!   is [`RunnerError::Start`], read from runc's log; a timeout is [`RunnerError::Timeout`].
 //!
+//! # Assumptions
+//! - Root (runc needs it) and a runc that logs JSON (`--log-format json`), as Debian's 1.1.
+//! - One run at a time per root filesystem (the executor runs a stage's steps in order);
+//!   parallel stages have their own roots.
+//! - The bundle parent is not inside the root (checked).
+//!
 //! # The container
 //! What a Docker `RUN` gets by default, within this machine's limits: its default
 //! capabilities, `noNewPrivileges` (configurable), pid/ipc/uts/mount namespaces, a network
@@ -298,6 +304,7 @@ impl RuncRunner {
             bundle: None,
             placeholders: None,
             container: false,
+            runc_process: None,
             done: false,
         };
         let result = self.run_prepared(request, &checked, &mut run, on_line);
@@ -378,18 +385,20 @@ impl RuncRunner {
         // The command still holds our copies of the pipe's write end; without dropping them
         // the reader would never see end-of-file.
         drop(cmd);
-        let mut child = spawned.map_err(|source| RuncError::Exec {
-            runc: self.runc.clone(),
-            source,
-        })?;
+        // Held by the cleanup until waited for, so an early return or a panic in `on_line`
+        // still kills and reaps runc.
+        let child = run
+            .runc_process
+            .insert(spawned.map_err(|source| RuncError::Exec {
+                runc: self.runc.clone(),
+                source,
+            })?);
 
         let (sender, receiver) = sync_channel::<Event>(LINE_QUEUE);
         let reader_thread = std::thread::Builder::new()
             .name(format!("runc-output-{}", run.id))
             .spawn(move || read_lines(reader, &sender));
         if let Err(e) = reader_thread {
-            let _ = child.kill();
-            let _ = child.wait();
             return Err(RuncError::Io {
                 what: "starting the output reader thread".to_string(),
                 source: e,
@@ -398,7 +407,7 @@ impl RuncRunner {
 
         let mut tail = Tail::new(request.tail_lines);
         let deadline = request.timeout.map(|t| started + t);
-        let timed_out = self.pump(&receiver, &mut child, &run.id, deadline, &mut |line| {
+        let timed_out = self.pump(&receiver, child, &run.id, deadline, &mut |line| {
             tail.push(line);
             on_line(line);
         });
@@ -406,6 +415,7 @@ impl RuncRunner {
             what: "waiting for runc".to_string(),
             source: e,
         })?;
+        run.runc_process = None;
         let duration = started.elapsed();
         if timed_out {
             return Err(RuncError::Timeout(request.timeout.unwrap_or(duration)));
@@ -563,6 +573,8 @@ struct Cleanup<'a> {
     placeholders: Option<mountpoints::Placeholders>,
     /// Whether runc may have created the container.
     container: bool,
+    /// `runc run`, until it has been waited for.
+    runc_process: Option<Child>,
     done: bool,
 }
 
@@ -570,11 +582,20 @@ impl Cleanup<'_> {
     fn finish(&mut self) -> Result<(), RuncError> {
         self.done = true;
         let mut first: Option<RuncError> = None;
-        // The container first: its processes must be gone before its mount points are.
+        // Only on an early exit is runc still unwaited: stop it from starting anything more.
+        let mut runc_process = self.runc_process.take();
+        if let Some(child) = runc_process.as_mut() {
+            let _ = child.kill();
+        }
+        // The container next: its processes must be gone before its mount points are.
         if self.container
             && let Err(e) = self.runner.delete(&self.id)
         {
             first.get_or_insert(e);
+        }
+        if let Some(mut child) = runc_process {
+            // Reaped so no zombie is left; it was killed above, so this returns promptly.
+            let _ = child.wait();
         }
         if let Some(mut placeholders) = self.placeholders.take()
             && !placeholders.is_empty()
