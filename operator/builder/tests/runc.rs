@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stagecoach_builder::runc::RuncRunner;
+use stagecoach_builder::runc::{DEFAULT_RUNC, RuncRunner};
 use stagecoach_builder::runner::{
     RunMount, RunNetwork, RunOutcome, RunRequest, Runner, RunnerError,
 };
@@ -114,7 +114,7 @@ impl Fixture {
     }
 
     fn assert_nothing_left(&self) {
-        let list = Command::new("runc")
+        let list = Command::new(DEFAULT_RUNC)
             .arg("--root")
             .arg(self.dir.path().join("state"))
             .args(["list", "-q"])
@@ -204,7 +204,10 @@ fn runc_default_state_root_is_left_empty_of_our_containers() {
         .unwrap();
     assert_eq!((outcome.exit_code, lines), (0, vec!["hi".to_string()]));
     f.assert_nothing_left();
-    let list = Command::new("runc").args(["list", "-q"]).output().unwrap();
+    let list = Command::new(DEFAULT_RUNC)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
     assert!(list.status.success());
     let ours = format!("stagecoach-{}-", std::process::id());
     let left: Vec<String> = String::from_utf8_lossy(&list.stdout)
@@ -529,7 +532,10 @@ fn a_signal_gives_128_plus_its_number() {
                 assert!(Instant::now() < deadline, "sleep {marker} never started");
                 std::thread::sleep(Duration::from_millis(5));
             };
-            let status = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+            let status = Command::new(busybox().unwrap())
+                .args(["kill", "-KILL", &pid])
+                .status()
+                .unwrap();
             assert!(status.success());
         }
     });
