@@ -721,3 +721,38 @@ fn the_container_is_confined_like_a_docker_run() {
     let nofile: u64 = lines[6].trim().parse().unwrap();
     assert!(nofile >= 1024, "{lines:?}");
 }
+
+#[test]
+fn a_dangling_resolv_conf_symlink_is_followed_and_left_as_it_was() {
+    if !available("a_dangling_resolv_conf_symlink_is_followed_and_left_as_it_was") {
+        return;
+    }
+    let f = Fixture::new();
+    // As in images made for systemd-resolved: the link's target does not exist.
+    fs::create_dir(f.root().join("etc")).unwrap();
+    symlink(
+        "/run/systemd/resolve/stub-resolv.conf",
+        f.root().join("etc/resolv.conf"),
+    )
+    .unwrap();
+    let resolv = f.dir.path().join("resolv.conf");
+    fs::write(&resolv, "nameserver 192.0.2.1\n").unwrap();
+    let runner = f.runner.clone().with_resolv_conf(&resolv);
+    let before = tree(&f.root());
+    let mut lines = Vec::new();
+    let outcome = runner
+        .run(&f.request("cat /etc/resolv.conf"), &mut |l: &str| {
+            lines.push(l.to_string())
+        })
+        .unwrap();
+    f.assert_nothing_left();
+    assert_eq!(
+        (outcome.exit_code, lines),
+        (0, vec!["nameserver 192.0.2.1".to_string()])
+    );
+    assert_eq!(tree(&f.root()), before);
+    assert_eq!(
+        fs::read_link(f.root().join("etc/resolv.conf")).unwrap(),
+        PathBuf::from("/run/systemd/resolve/stub-resolv.conf")
+    );
+}
