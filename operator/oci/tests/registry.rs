@@ -705,3 +705,95 @@ async fn server_errors_and_rate_limits_are_retried() {
     assert_eq!(err.reason(), "Protocol", "{err}");
     assert_eq!(client.stats().retries, 0);
 }
+
+/// Serves one blob: the first GET gets half of it and a closed connection; a GET with
+/// `Range: bytes=K-` gets the rest as a 206. Returns the host and the ranges asked for.
+fn flaky_blob_server(blob: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_lowercase();
+            if !head.contains("/blobs/") {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                );
+                continue;
+            }
+            let range = head
+                .lines()
+                .find_map(|l| l.strip_prefix("range: bytes="))
+                .and_then(|r| r.trim_end_matches('-').trim().parse::<u64>().ok());
+            let n = blob.len();
+            match range {
+                None => {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+                    );
+                    let _ = conn.write_all(&blob[..n / 2]);
+                    let _ = conn.flush();
+                    // Dropping the connection cuts the body short.
+                }
+                Some(k) => {
+                    seen.lock().unwrap().push(k);
+                    let k = usize::try_from(k).unwrap();
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {k}-{}/{n}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        n - 1,
+                        n - k
+                    );
+                    let _ = conn.write_all(&blob[k..]);
+                }
+            }
+        }
+    });
+    (host, ranges)
+}
+
+#[tokio::test]
+async fn a_cut_download_resumes_where_it_stopped() {
+    let blob = noise(3 * 1024 * 1024 + 17, 11);
+    let desc = Descriptor::new(
+        media_type::OCI_LAYER_TAR_GZIP,
+        Digest::of_bytes(&blob),
+        blob.len() as u64,
+    );
+    let (host, ranges) = flaky_blob_server(blob.clone());
+    let r = ImageRef::parse(&format!("{host}/flaky/app:v1")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let client = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let info = client.pull_blob_into(&store, &r, &desc).await.unwrap();
+    assert_eq!(info.digest, desc.digest);
+    store.verify(&desc.digest).unwrap();
+    let stats = client.stats();
+    assert_eq!(
+        (stats.retries, stats.resumed_downloads),
+        (1, 1),
+        "{stats:?}"
+    );
+    let asked = ranges.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert!(
+        asked[0] > 0 && asked[0] <= blob.len() as u64 / 2,
+        "{asked:?}"
+    );
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(store.blobs_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciEnvelope, OciErrorCode};
 
 use super::RegistryError;
@@ -31,7 +31,7 @@ use crate::config::ImageConfig;
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, ImageManifest, Manifest, Platform, parse_manifest};
 use crate::media_type;
-use crate::store::{BlobInfo, ContentStore, StoreError};
+use crate::store::{BlobInfo, BlobWriter, ContentStore, StoreError};
 
 /// The distribution spec lets registries refuse manifests over 4 MiB; nothing larger is
 /// worth reading into memory.
@@ -237,6 +237,8 @@ pub struct ClientStats {
     pub blobs_mounted: u64,
     /// Retries made after transient failures.
     pub retries: u64,
+    /// Interrupted downloads continued with a range request.
+    pub resumed_downloads: u64,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +251,7 @@ struct Counters {
     blobs_already_remote: AtomicU64,
     blobs_mounted: AtomicU64,
     retries: AtomicU64,
+    resumed_downloads: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -322,6 +325,7 @@ impl RegistryClient {
             blobs_already_remote: get(&c.blobs_already_remote),
             blobs_mounted: get(&c.blobs_mounted),
             retries: get(&c.retries),
+            resumed_downloads: get(&c.resumed_downloads),
         }
     }
 
@@ -464,7 +468,9 @@ impl RegistryClient {
     }
 
     /// Streams a blob of `reference`'s repository into `store`, verifying its digest and
-    /// size; nothing is fetched when the store already has it.
+    /// size; nothing is fetched when the store already has it. A transfer cut short is
+    /// resumed from where it stopped (an HTTP range request) on the next attempt; a registry
+    /// that ignores the range sends the whole blob again, which is fine too.
     pub async fn pull_blob_into(
         &self,
         store: &ContentStore,
@@ -486,28 +492,31 @@ impl RegistryClient {
         }
         let (client, oref, _auth) = self.prepare(reference).await?;
         let (client, oref) = (&client, &oref);
+        // What an interrupted attempt already wrote, handed to the next one.
+        let partial: Mutex<Option<BlobWriter>> = Mutex::new(None);
+        let partial = &partial;
         let info = self
             .retry(op::PULL_BLOB, reference, || async move {
-                let mut stream = client
-                    .pull_blob_stream(oref, desc.digest.as_str())
+                let kept = partial
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                let mut writer = match kept {
+                    Some(w) => w,
+                    None => store.writer().map_err(store_err)?,
+                };
+                match self
+                    .download(client, oref, reference, desc, store, &mut writer)
                     .await
-                    .map_err(|e| classify(op::PULL_BLOB, reference, e))?;
-                // Dropping the writer on any error below deletes its temporary file.
-                let mut writer = store.writer().map_err(store_err)?;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| classify_io(op::PULL_BLOB, reference, e))?;
-                    // A registry sending more than the descriptor says is cut off here rather
-                    // than filling the disk.
-                    if writer.size() + chunk.len() as u64 > desc.size {
-                        return Err(too_long(op::PULL_BLOB, reference, desc));
+                {
+                    Ok(()) => {}
+                    Err(e) => {
+                        if e.is_transient() && writer.size() > 0 {
+                            *partial.lock().unwrap_or_else(PoisonError::into_inner) = Some(writer);
+                        }
+                        // Otherwise the writer is dropped here, deleting its temporary file.
+                        return Err(e);
                     }
-                    writer.write_all(&chunk).map_err(|e| {
-                        store_err(StoreError::Io {
-                            action: "write blob from registry",
-                            path: store.blobs_dir().to_owned(),
-                            source: e,
-                        })
-                    })?;
                 }
                 writer
                     .commit_expected(&desc.digest, Some(desc.size))
@@ -531,6 +540,68 @@ impl RegistryClient {
         bump(&self.counters.blobs_downloaded);
         self.remember(reference, &desc.digest);
         Ok(info)
+    }
+
+    /// One download attempt into `writer`, continuing after what it already holds.
+    async fn download(
+        &self,
+        client: &oci_client::Client,
+        oref: &oci_client::Reference,
+        reference: &ImageRef,
+        desc: &Descriptor,
+        store: &ContentStore,
+        writer: &mut BlobWriter,
+    ) -> Result<(), RegistryError> {
+        let digest = desc.digest.as_str();
+        let offset = writer.size();
+        if offset >= desc.size {
+            // All bytes arrived before the failure: nothing to ask for, the commit checks them.
+            return Ok(());
+        }
+        let mut stream = if offset == 0 {
+            client
+                .pull_blob_stream(oref, digest)
+                .await
+                .map_err(|e| classify(op::PULL_BLOB, reference, e))?
+        } else {
+            let response = client
+                .pull_blob_stream_partial(oref, digest, offset, None)
+                .await
+                .map_err(|e| classify(op::PULL_BLOB, reference, e))?;
+            match response {
+                BlobResponse::Partial(s) => {
+                    bump(&self.counters.resumed_downloads);
+                    s
+                }
+                // The registry ignored the range: start the blob over.
+                BlobResponse::Full(s) => {
+                    *writer = store.writer().map_err(|source| RegistryError::Store {
+                        op: op::PULL_BLOB,
+                        reference: reference.to_string(),
+                        source,
+                    })?;
+                    s
+                }
+            }
+        };
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| classify_io(op::PULL_BLOB, reference, e))?;
+            // A registry sending more than the descriptor says is cut off here rather than
+            // filling the disk.
+            if writer.size() + chunk.len() as u64 > desc.size {
+                return Err(too_long(op::PULL_BLOB, reference, desc));
+            }
+            writer.write_all(&chunk).map_err(|e| RegistryError::Store {
+                op: op::PULL_BLOB,
+                reference: reference.to_string(),
+                source: StoreError::Io {
+                    action: "write blob from registry",
+                    path: store.blobs_dir().to_owned(),
+                    source: e,
+                },
+            })?;
+        }
+        Ok(())
     }
 
     /// Makes the blob `desc` (which must be in `store`) present in `target`'s repository:
