@@ -279,7 +279,8 @@ async fn push_resolve_and_pull_round_trip() {
         .await
         .unwrap();
     let stats = puller.stats();
-    assert_eq!(stats.blobs_downloaded, 1, "{stats:?}");
+    // The config and the layer.
+    assert_eq!(stats.blobs_downloaded, 2, "{stats:?}");
     assert_eq!(stats.blobs_already_local, 1, "{stats:?}");
     assert_eq!(stats.retries, 0, "{stats:?}");
 
@@ -649,11 +650,13 @@ async fn whole_images_with_a_multi_megabyte_layer() {
     }
     puller.pull_image(&fresh, &target).await.unwrap();
     let stats = puller.stats();
+    // Config and layer fetched once; the second pull only fetches the manifest again.
     assert_eq!(
         (stats.blobs_downloaded, stats.blobs_already_local),
-        (1, 1),
+        (2, 2),
         "{stats:?}"
     );
+    assert_eq!(stats.manifests_pulled, 2, "{stats:?}");
 }
 
 /// A server that answers every request with `status` and counts the requests.

@@ -225,7 +225,7 @@ pub struct ClientStats {
     pub manifests_pulled: u64,
     /// Manifests pushed.
     pub manifests_pushed: u64,
-    /// Blobs downloaded into a store.
+    /// Blobs downloaded (layers into a store, configs into memory too).
     pub blobs_downloaded: u64,
     /// Blob downloads skipped because the store had them.
     pub blobs_already_local: u64,
@@ -463,6 +463,7 @@ impl RegistryClient {
             reference: reference.to_string(),
             detail: e.to_string(),
         })?;
+        bump(&self.counters.blobs_downloaded);
         self.remember(reference, &desc.digest);
         Ok(PulledConfig { bytes, config })
     }
@@ -771,8 +772,24 @@ impl RegistryClient {
             reference: pinned.to_string(),
             source,
         };
-        let config = self.pull_config(pinned, &manifest.manifest).await?;
-        store.put_bytes(&config.bytes).map_err(store_err)?;
+        let config_desc = &manifest.manifest.config;
+        let config = if store.exists(&config_desc.digest).map_err(store_err)? {
+            // Stored blobs were verified on the way in; no need to fetch it again.
+            bump(&self.counters.blobs_already_local);
+            let bytes = store
+                .read_to_vec(&config_desc.digest, MAX_CONFIG_BYTES)
+                .map_err(store_err)?;
+            let config = ImageConfig::from_json(&bytes).map_err(|e| RegistryError::Protocol {
+                op: op::PULL_CONFIG,
+                reference: pinned.to_string(),
+                detail: e.to_string(),
+            })?;
+            PulledConfig { bytes, config }
+        } else {
+            let config = self.pull_config(pinned, &manifest.manifest).await?;
+            store.put_bytes(&config.bytes).map_err(store_err)?;
+            config
+        };
         let layers = &manifest.manifest.layers;
         futures_util::stream::iter(layers.iter().filter(|l| !is_foreign(l)))
             .map(|layer| self.pull_blob_into(store, pinned, layer))
