@@ -800,3 +800,118 @@ async fn a_cut_download_resumes_where_it_stopped() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A registry that wants bearer tokens, Docker Hub style: `/v2/` answers 401 with a
+/// challenge naming `/token`, which hands out a token only for `user:password` in basic
+/// auth; the manifest of any tag is served only with that token. Records the basic
+/// credentials the token endpoint saw.
+fn bearer_registry(
+    user: &'static str,
+    password: &'static str,
+    manifest: Vec<u8>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let logins = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = logins.clone();
+    let realm = format!("http://{host}/token");
+    let digest = Digest::of_bytes(&manifest);
+    std::thread::spawn(move || {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let good = format!("basic {}", b64.encode(format!("{user}:{password}"))).to_lowercase();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut raw = Vec::new();
+            let mut byte = [0u8; 1];
+            while !raw.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                raw.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&raw).to_string();
+            let request_line = head.lines().next().unwrap_or_default().to_owned();
+            let authorization = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("authorization")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_default();
+            let denied = r#"{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}"#;
+            let unauthorized = format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"fake\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{denied}",
+                denied.len()
+            );
+            let reply = if request_line.contains(" /token") {
+                if let Some(basic) = authorization.strip_prefix("Basic ") {
+                    let decoded = b64.decode(basic).unwrap_or_default();
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&decoded).to_string());
+                }
+                if authorization.to_lowercase() == good {
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"token\":\"t0k3n\"}".to_owned()
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_owned()
+                }
+            } else if request_line.contains("/manifests/") && authorization == "Bearer t0k3n" {
+                let body = if request_line.starts_with("HEAD") {
+                    String::new()
+                } else {
+                    String::from_utf8(manifest.clone()).unwrap()
+                };
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nDocker-Content-Digest: {digest}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    media_type::OCI_MANIFEST,
+                    manifest.len()
+                )
+            } else {
+                unauthorized
+            };
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    (host, logins)
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_fetched_with_the_configured_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "behind a token");
+    let (host, logins) = bearer_registry("robot", "pa55", image.manifest.clone());
+    let r = ImageRef::parse(&format!("{host}/org/app:v1")).unwrap();
+
+    let anonymous = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let err = anonymous.resolve(&r).await.unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+
+    let auth = base64::engine::general_purpose::STANDARD.encode("robot:pa55");
+    let config = format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#);
+    let client = RegistryClient::new(
+        Credentials::from_json(config.as_bytes()).unwrap(),
+        fast_retries(),
+    );
+    assert_eq!(client.resolve(&r).await.unwrap(), image.manifest_digest);
+    let pulled = client.pull_manifest(&r).await.unwrap();
+    assert_eq!(pulled.bytes, image.manifest);
+    assert!(logins.lock().unwrap().iter().any(|l| l == "robot:pa55"));
+
+    // An identity token goes to the token endpoint as the password of its user.
+    let config = format!(
+        r#"{{"auths":{{"{host}":{{"username":"tok-user","identitytoken":"refresh-123"}}}}}}"#
+    );
+    let client = RegistryClient::new(
+        Credentials::from_json(config.as_bytes()).unwrap(),
+        fast_retries(),
+    );
+    let err = client.resolve(&r).await.unwrap_err();
+    assert_eq!(err.reason(), "Unauthorized", "{err}");
+    assert!(
+        logins
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l == "tok-user:refresh-123")
+    );
+}

@@ -1132,7 +1132,13 @@ fn error_kind(e: &OciDistributionError) -> Kind {
         E::RegistryError { envelope, .. } => envelope_kind(envelope),
         E::RequestError(r) => match r.status() {
             Some(s) => status_kind(s.as_u16()),
-            None if r.is_connect() || r.is_timeout() || r.is_request() || r.is_body() => {
+            // reqwest reports a body cut short while reading it as a decode error.
+            None if r.is_connect()
+                || r.is_timeout()
+                || r.is_request()
+                || r.is_body()
+                || r.is_decode() =>
+            {
                 Kind::Transient
             }
             None => Kind::Protocol,
