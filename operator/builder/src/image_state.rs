@@ -24,19 +24,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 /// The history comment BuildKit puts on every entry it writes.
 pub const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
 
-/// Build arguments usable in RUN without an ARG declaration (and left out of history).
-pub const PREDEFINED_ARGS: &[&str] = &[
-    "HTTP_PROXY",
-    "http_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "FTP_PROXY",
-    "ftp_proxy",
-    "NO_PROXY",
-    "no_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-];
+pub use stagecoach_dockerfile::planner::PREDEFINED_ARGS;
 
 /// Errors applying an instruction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,8 +14,9 @@ use serde::{Serialize, Serializer};
 use crate::instructions::{Dockerfile, Instruction, InstructionError, MountType, Stage};
 use crate::shell::{Env, ShellLex};
 
-/// Build arguments that BuildKit accepts without an `ARG` declaration.
-const PREDEFINED_ARGS: &[&str] = &[
+/// Build arguments that BuildKit accepts without an `ARG` declaration (usable in RUN and left
+/// out of history).
+pub const PREDEFINED_ARGS: &[&str] = &[
     "HTTP_PROXY",
     "http_proxy",
     "HTTPS_PROXY",
