@@ -2,6 +2,7 @@
 //! and command-line tool. This file only parses the command line and hands each subcommand to
 //! its module; the work lives in the library crates.
 
+mod build;
 mod crd;
 mod plan;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinition YAML for ImageBuild.
     Crd(crd::CrdArgs),
+    /// Build a Dockerfile's targets on this machine (RUN steps under runc; needs root).
+    Build(build::BuildArgs),
     /// Parse a Dockerfile and print its stage graph, the stages the targets need and the waves.
     Plan(plan::PlanArgs),
 }
@@ -32,6 +35,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Each subcommand has its own error enum; here they only become a message and a code.
     let result = match cli.command {
+        Command::Build(args) => build::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Crd(args) => crd::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
     };

@@ -1,0 +1,385 @@
+//! `stagecoach build`: the whole engine on one machine. It plans the Dockerfile, pulls every
+//! base image the needed stages use, then runs the plan's waves: each stage gets its own root
+//! filesystem (its base's layers applied), its own [`StageExecutor`] and, within a wave, its
+//! own thread, with RUN steps under runc. The targets' images are assembled from the stages'
+//! results and written as an OCI layout, pushed, or both.
+//!
+//! Contract (docs/cli.md): progress goes to standard error, one line per event, prefixed with
+//! the stage; standard output gets one line per target, `<target> <digest> <size>`. The same
+//! inputs give the same digests (timestamps come from `SOURCE_DATE_EPOCH`, default 0). Stage
+//! roots live in a work directory under the cache directory that is removed when the build
+//! ends, successful or not; layers and cache keys stay in the cache for the next build.
+
+mod pull;
+mod stages;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use stagecoach_builder::context::BuildContext;
+use stagecoach_dockerfile::Dockerfile;
+use stagecoach_dockerfile::planner::{self, Base, PlanOptions};
+use stagecoach_oci::layout::OciLayoutWriter;
+use stagecoach_oci::registry::ImageRef;
+use stagecoach_oci::{ContentStore, Descriptor, ImageManifest};
+
+use crate::plan::parse_build_args;
+
+/// Arguments of `stagecoach build`.
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A stage to build (repeatable; default: the last stage).
+    #[arg(long = "target", value_name = "T")]
+    targets: Vec<String>,
+    /// A build argument KEY=VALUE (repeatable); KEY alone takes the value from the environment.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    build_args: Vec<String>,
+    /// Where `--push` pushes the image (repeatable; one target only).
+    #[arg(long = "tag", short = 't', value_name = "REF")]
+    tags: Vec<String>,
+    /// Push the image to every `--tag`.
+    #[arg(long)]
+    push: bool,
+    /// Write the targets' images as an OCI image layout: `oci:DIR`.
+    #[arg(long, value_name = "oci:DIR")]
+    output: Option<String>,
+    /// Run every step, looking nothing up in the cache (results are still recorded).
+    #[arg(long)]
+    no_cache: bool,
+    /// The cache: content store, instruction cache, cache mounts and the work directory.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// A registry (HOST or HOST:PORT) spoken to over plain HTTP (loopback ones always are).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
+    /// The build context directory.
+    #[arg(value_name = "CONTEXT")]
+    context: PathBuf,
+}
+
+/// Why `stagecoach build` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The command line contradicts itself.
+    #[error("{0}")]
+    Usage(String),
+    /// The Dockerfile could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The Dockerfile is invalid or the targets cannot be planned.
+    #[error("{path}: {source}")]
+    Plan {
+        /// The Dockerfile path.
+        path: String,
+        /// The cause.
+        source: planner::PlanError,
+    },
+    /// The build context cannot be used.
+    #[error(transparent)]
+    Context(#[from] stagecoach_builder::context::ContextError),
+    /// A base image could not be pulled.
+    #[error("pull {image}: {message}")]
+    Pull {
+        /// The image as the Dockerfile names it.
+        image: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stage failed; the message names its instruction and line.
+    #[error("stage {stage}: {message}")]
+    Stage {
+        /// The stage's label.
+        stage: String,
+        /// The executor's message (with the output's last lines for a failing RUN).
+        message: String,
+    },
+    /// The content store failed.
+    #[error(transparent)]
+    Store(#[from] stagecoach_oci::store::StoreError),
+    /// A file operation failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// On what.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The image could not be assembled or written.
+    #[error("output {target}: {message}")]
+    Output {
+        /// Where to.
+        target: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The image could not be pushed.
+    #[error("push {reference}: {message}")]
+    Push {
+        /// The tag.
+        reference: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl BuildError {
+    /// The process exit code: 2 for bad usage, 1 for a build that could not be done.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BuildError::Usage(_) | BuildError::Read { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Where `--output` writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Output {
+    OciLayout(PathBuf),
+}
+
+fn parse_output(raw: &str) -> Result<Output, BuildError> {
+    match raw.split_once(':') {
+        Some(("oci", dir)) if !dir.is_empty() => Ok(Output::OciLayout(PathBuf::from(dir))),
+        _ => Err(BuildError::Usage(format!(
+            "--output {raw:?}: expected oci:DIR (an OCI image layout directory)"
+        ))),
+    }
+}
+
+/// The default cache: `$XDG_CACHE_HOME/stagecoach/build`, else `~/.cache/stagecoach/build`.
+fn default_cache_dir() -> Result<PathBuf, BuildError> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .ok_or_else(|| {
+            BuildError::Usage("neither XDG_CACHE_HOME nor HOME is set: give --cache-dir".into())
+        })?;
+    Ok(base.join("stagecoach").join("build"))
+}
+
+fn source_date_epoch() -> Result<u64, BuildError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| {
+            BuildError::Usage(format!(
+                "SOURCE_DATE_EPOCH={v:?}: expected seconds since 1970 as a whole number"
+            ))
+        }),
+        _ => Ok(0),
+    }
+}
+
+/// Reads the Dockerfile: a path, or `-` for standard input. Returns its text and the name
+/// messages use.
+pub fn read_dockerfile(path: &Path) -> Result<(String, String), BuildError> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|source| BuildError::Read {
+                path: "standard input".into(),
+                source,
+            })?;
+        return Ok((s, "standard input".into()));
+    }
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    Ok((text, shown))
+}
+
+/// One line of progress on standard error. Lines of parallel stages interleave whole.
+fn log(line: String) {
+    eprintln!("{line}");
+}
+
+/// Runs `stagecoach build`.
+pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
+    let started = std::time::Instant::now();
+    let output = args.output.as_deref().map(parse_output).transpose()?;
+    if args.push && args.tags.is_empty() {
+        return Err(BuildError::Usage("--push needs at least one --tag".into()));
+    }
+    let tags = args
+        .tags
+        .iter()
+        .map(|t| ImageRef::parse(t).map_err(|e| BuildError::Usage(format!("--tag {t:?}: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let dockerfile_path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| args.context.join("Dockerfile"));
+    let (text, shown) = read_dockerfile(&dockerfile_path)?;
+    let plan_err = |source| BuildError::Plan {
+        path: shown.clone(),
+        source,
+    };
+    let build_args =
+        parse_build_args(&args.build_args).map_err(|e| BuildError::Usage(e.to_string()))?;
+    let options = PlanOptions {
+        targets: args.targets.clone(),
+        build_args: build_args.clone(),
+        ..PlanOptions::default()
+    };
+    let dockerfile = Dockerfile::parse(&text).map_err(|e| plan_err(e.into()))?;
+    let plan = planner::plan(&dockerfile, &options).map_err(plan_err)?;
+    let global = planner::global_env(&dockerfile, &options).map_err(plan_err)?;
+    for warning in &plan.warnings {
+        log(format!("warning: {warning}"));
+    }
+    if plan.targets.len() > 1 && !tags.is_empty() {
+        return Err(BuildError::Usage(
+            "--tag names one image: build one --target at a time to tag it".into(),
+        ));
+    }
+    let needs_root = plan.waves.iter().flatten().any(|&i| {
+        dockerfile.stages[i].instructions.iter().any(|l| {
+            matches!(
+                l.instruction,
+                stagecoach_dockerfile::instructions::Instruction::Run(_)
+            )
+        })
+    });
+    if needs_root && !rustix::process::geteuid().is_root() {
+        return Err(BuildError::Usage(
+            "stagecoach build runs RUN steps under runc and needs root".into(),
+        ));
+    }
+
+    let cache_dir = match &args.cache_dir {
+        Some(dir) => dir.clone(),
+        None => default_cache_dir()?,
+    };
+    std::fs::create_dir_all(&cache_dir).map_err(|source| BuildError::Io {
+        action: "create the cache directory",
+        path: cache_dir.display().to_string(),
+        source,
+    })?;
+    let store = ContentStore::open(&cache_dir)?;
+    let context = if dockerfile_path.as_os_str() == "-" {
+        BuildContext::open(&args.context)?
+    } else {
+        BuildContext::open_for(&args.context, &dockerfile_path)?
+    };
+
+    // Every image the needed stages read, pulled before anything runs.
+    let mut images: Vec<String> = Vec::new();
+    for &i in plan.waves.iter().flatten() {
+        let stage = &plan.stages[i];
+        if let Base::Image(image) = &stage.base {
+            images.push(image.clone());
+        }
+        images.extend(stage.images.iter().cloned());
+    }
+    images.sort();
+    images.dedup();
+    let rt = pull::runtime()?;
+    let client = pull::client(&args.insecure_registries)?;
+    let pulled = pull::pull_all(&rt, &client, &store, &images, &log)?;
+
+    let run = stages::Run {
+        dockerfile: &dockerfile,
+        plan: &plan,
+        store: &store,
+        context: &context,
+        pulled: &pulled,
+        args: stagecoach_builder::image_state::ArgSource { build_args, global },
+        no_cache: args.no_cache,
+        source_date_epoch: source_date_epoch()?,
+    };
+    let work = stages::WorkDir::create(&cache_dir.join("work"))?;
+    let done = run.run_waves(&work)?;
+
+    // Assemble each target's image.
+    let mut built = Vec::new();
+    for &t in &plan.targets {
+        let stage = done.get(&t).ok_or_else(|| BuildError::Output {
+            target: plan.stages[t].label(),
+            message: "the stage did not run".into(),
+        })?;
+        let (manifest, size) = assemble(&store, stage)?;
+        built.push((plan.stages[t].label(), manifest, size));
+    }
+    drop(work);
+
+    if let Some(Output::OciLayout(dir)) = &output {
+        let out_err = |e: stagecoach_oci::layout::LayoutError| BuildError::Output {
+            target: format!("oci:{}", dir.display()),
+            message: e.to_string(),
+        };
+        let mut writer = OciLayoutWriter::create(dir).map_err(out_err)?;
+        for (label, manifest, _) in &built {
+            writer
+                .add_image(&store, manifest, Some(label))
+                .map_err(out_err)?;
+        }
+        writer.finish().map_err(out_err)?;
+        log(format!("[output] wrote oci:{}", dir.display()));
+    }
+    if args.push {
+        let mount_from: Vec<ImageRef> = pulled.values().map(|p| p.pinned.clone()).collect();
+        for (label, manifest, _) in &built {
+            for tag in &tags {
+                let pushed = rt
+                    .block_on(client.push_image(&store, tag, manifest, &mount_from))
+                    .map_err(|e| BuildError::Push {
+                        reference: tag.to_string(),
+                        message: e.to_string(),
+                    })?;
+                log(format!("[push] {label} → {tag}@{}", pushed.digest));
+            }
+        }
+    }
+    if output.is_none() && !args.push {
+        log("[output] the image stays in the cache; give --output oci:DIR or --push".into());
+    }
+    for (label, manifest, size) in &built {
+        println!("{label} {} {size}", manifest.digest);
+    }
+    log(format!(
+        "[build] done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Writes the image manifest of a finished stage into the store; returns its descriptor and
+/// the image's size (manifest, config and layers).
+fn assemble(store: &ContentStore, stage: &stages::Done) -> Result<(Descriptor, u64), BuildError> {
+    let output_err = |message: String| BuildError::Output {
+        target: stage.label.clone(),
+        message,
+    };
+    let (config_bytes, config_desc) = stage
+        .config
+        .to_blob()
+        .map_err(|e| output_err(e.to_string()))?;
+    store.put_bytes(&config_bytes)?;
+    let mut layers = Vec::with_capacity(stage.layers.len());
+    for layer in &stage.layers {
+        layers.push(layer.descriptor().map_err(|e| output_err(e.to_string()))?);
+    }
+    let manifest = ImageManifest::new(config_desc.clone(), layers);
+    let (bytes, desc) = manifest.to_blob().map_err(|e| output_err(e.to_string()))?;
+    store.put_bytes(&bytes)?;
+    let size = desc.size + config_desc.size + stage.layers.iter().map(|l| l.size).sum::<u64>();
+    Ok((desc, size))
+}

@@ -1,0 +1,137 @@
+//! Base images for a local build: every image a needed stage starts from or copies from is
+//! resolved to a digest and pulled into the content store before any stage runs, so a
+//! failing pull stops the build before work is done and stages never wait on a network.
+//! The registry client is async; this module owns the one small runtime the CLI needs, so
+//! the stage executor stays free of it.
+
+use std::collections::BTreeMap;
+
+use stagecoach_builder::executor::{BaseImage, LayerRecord};
+use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
+use stagecoach_oci::{ContentStore, ImageConfig, media_type};
+
+use super::BuildError;
+
+/// An image in the store, ready to unpack.
+#[derive(Debug, Clone)]
+pub struct PulledBase {
+    /// The reference pinned to its manifest digest (for messages and cross-repo mounts).
+    pub pinned: ImageRef,
+    /// Config and layers, as the executor takes them.
+    pub base: BaseImage,
+}
+
+/// The images a build uses, by the reference text the Dockerfile wrote (after expansion).
+pub type Pulled = BTreeMap<String, PulledBase>;
+
+/// Builds the registry client from the CLI's options.
+pub fn client(insecure: &[String]) -> Result<RegistryClient, BuildError> {
+    let credentials = match Credentials::default_path() {
+        Some(path) => Credentials::from_file_if_exists(&path).map_err(|e| BuildError::Pull {
+            image: path.display().to_string(),
+            message: e.to_string(),
+        })?,
+        None => Credentials::anonymous(),
+    };
+    let options = ClientOptions {
+        insecure_registries: insecure.to_vec(),
+        ..ClientOptions::default()
+    };
+    Ok(RegistryClient::new(credentials, options))
+}
+
+/// A current-thread runtime: pulls run concurrently as futures, no worker threads needed.
+pub fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BuildError::Io {
+            action: "start the async runtime",
+            path: String::new(),
+            source: e,
+        })
+}
+
+/// Pulls each image (manifest, config, layers) into `store`, all at once.
+pub fn pull_all(
+    rt: &tokio::runtime::Runtime,
+    client: &RegistryClient,
+    store: &ContentStore,
+    images: &[String],
+    log: &dyn Fn(String),
+) -> Result<Pulled, BuildError> {
+    let mut refs = Vec::new();
+    for text in images {
+        let reference = ImageRef::parse(text).map_err(|e| BuildError::Pull {
+            image: text.clone(),
+            message: e.to_string(),
+        })?;
+        refs.push((text.clone(), reference));
+    }
+    let results = rt.block_on(async {
+        let pulls = refs.iter().map(|(text, reference)| async move {
+            let started = std::time::Instant::now();
+            let pulled = client.pull_image(store, reference).await;
+            (text, started.elapsed(), pulled)
+        });
+        futures_util::future::join_all(pulls).await
+    });
+    let mut out = BTreeMap::new();
+    for (text, elapsed, pulled) in results {
+        let pulled = pulled.map_err(|e| BuildError::Pull {
+            image: text.clone(),
+            message: e.to_string(),
+        })?;
+        log(format!(
+            "[pull] {text} → {} ({:.1}s)",
+            pulled.manifest.digest,
+            elapsed.as_secs_f64()
+        ));
+        let base = base_image(
+            &pulled.config.config,
+            &pulled.manifest.manifest.layers,
+            text,
+        )?;
+        out.insert(
+            text.clone(),
+            PulledBase {
+                pinned: pulled.manifest.reference.clone(),
+                base,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Pairs the manifest's layers with the config's diffIDs; layer media types become OCI's
+/// (the blobs are the same bytes) so the built image's manifest is uniformly OCI.
+fn base_image(
+    config: &ImageConfig,
+    layers: &[stagecoach_oci::Descriptor],
+    text: &str,
+) -> Result<BaseImage, BuildError> {
+    if layers.len() != config.rootfs.diff_ids.len() {
+        return Err(BuildError::Pull {
+            image: text.to_string(),
+            message: format!(
+                "the manifest lists {} layers but the config {} diffIDs",
+                layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    let records = layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(layer, diff_id)| LayerRecord {
+            media_type: media_type::to_oci(&layer.media_type).to_string(),
+            digest: layer.digest.to_string(),
+            diff_id: diff_id.to_string(),
+            size: layer.size,
+        })
+        .collect();
+    Ok(BaseImage {
+        config: Some(config.clone()),
+        layers: records,
+    })
+}

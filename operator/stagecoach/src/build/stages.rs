@@ -1,0 +1,327 @@
+//! Running the plan's waves on this machine. Every stage gets a fresh root directory with its
+//! base's layers applied from the content store (a stage built on another stage re-applies
+//! that stage's layers, so the two never share a directory), and the stages of one wave run
+//! on their own threads. A wave is waited for as a whole: when a stage fails, the others of
+//! its wave finish what they are doing and the build stops before the next wave.
+//!
+//! Images named by `COPY --from=<image>` are unpacked once, before the first wave, and handed
+//! to every stage that reads them like a finished stage's root.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use stagecoach_builder::context::BuildContext;
+use stagecoach_builder::executor::{
+    BaseImage, ExecutorOptions, LayerRecord, ProgressEvent, StageExecutor, StageSource, StageSpec,
+};
+use stagecoach_builder::image_state::ArgSource;
+use stagecoach_builder::runc::RuncRunner;
+use stagecoach_dockerfile::Dockerfile;
+use stagecoach_dockerfile::planner::{Base, Plan};
+use stagecoach_oci::layer::{ApplyOptions, apply_layer_blob};
+use stagecoach_oci::{ContentStore, Digest, ImageConfig};
+
+use super::BuildError;
+use super::log;
+use super::pull::Pulled;
+
+/// A finished stage: what a target's image or a later `FROM <stage>` needs.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The stage's label.
+    pub label: String,
+    /// Its image config.
+    pub config: ImageConfig,
+    /// All its layers, the base's first.
+    pub layers: Vec<LayerRecord>,
+}
+
+/// The build's scratch space: one directory per stage root, runc bundles and state. Removed
+/// when dropped, so nothing of a build is left behind, whether it succeeded or not.
+#[derive(Debug)]
+pub struct WorkDir {
+    dir: PathBuf,
+}
+
+impl WorkDir {
+    /// A new, uniquely named directory under `parent`.
+    pub fn create(parent: &Path) -> Result<Self, BuildError> {
+        let io = |action| {
+            move |source| BuildError::Io {
+                action,
+                path: parent.display().to_string(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(parent).map_err(io("create"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("build-")
+            .tempdir_in(parent)
+            .map_err(io("create a work directory in"))?
+            .keep();
+        Ok(WorkDir { dir })
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn stage_root(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("stage-{index}")).join("rootfs")
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            log(format!(
+                "warning: could not remove the work directory {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
+}
+
+/// Everything the stages of one build share.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// The parsed Dockerfile.
+    pub dockerfile: &'a Dockerfile,
+    /// Its plan.
+    pub plan: &'a Plan,
+    /// The content store (also the cache root).
+    pub store: &'a ContentStore,
+    /// The build context.
+    pub context: &'a BuildContext,
+    /// The pulled base images.
+    pub pulled: &'a Pulled,
+    /// Build args and the global ARG scope.
+    pub args: ArgSource,
+    /// `--no-cache`.
+    pub no_cache: bool,
+    /// Timestamps in layers and configs.
+    pub source_date_epoch: u64,
+}
+
+impl Run<'_> {
+    /// Runs every wave; returns the finished stages by index.
+    pub fn run_waves(&self, work: &WorkDir) -> Result<BTreeMap<usize, Done>, BuildError> {
+        let runner = RuncRunner::new()
+            .with_bundle_parent(work.path().join("bundles"))
+            .with_state_root(work.path().join("runc"));
+        for dir in ["bundles", "runc"] {
+            let path = work.path().join(dir);
+            std::fs::create_dir_all(&path).map_err(|source| BuildError::Io {
+                action: "create",
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let images = self.unpack_copy_images(work)?;
+        let mut done: BTreeMap<usize, Done> = BTreeMap::new();
+        for wave in &self.plan.waves {
+            let results: Vec<Result<Done, BuildError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|&i| {
+                        let done = &done;
+                        let images = &images;
+                        let runner = &runner;
+                        scope.spawn(move || self.run_stage(i, work, done, images, runner))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .zip(wave)
+                    .map(|(h, &i)| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(BuildError::Stage {
+                                stage: self.plan.stages[i].label(),
+                                message: "the stage's thread panicked".into(),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            let mut first_error = None;
+            for (result, &i) in results.into_iter().zip(wave) {
+                match result {
+                    Ok(d) => {
+                        done.insert(i, d);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Unpacks each image read by `COPY --from=<image>` into its own directory, named as the
+    /// instruction writes it (the executor matches `--from` values lower-cased).
+    fn unpack_copy_images(&self, work: &WorkDir) -> Result<Vec<StageSource>, BuildError> {
+        let mut names: Vec<&String> = self
+            .plan
+            .waves
+            .iter()
+            .flatten()
+            .flat_map(|&i| self.plan.stages[i].images.iter())
+            .collect();
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for (n, name) in names.into_iter().enumerate() {
+            let pulled = self.pulled.get(name).ok_or_else(|| BuildError::Pull {
+                image: name.clone(),
+                message: "not pulled".into(),
+            })?;
+            let root = work.path().join(format!("image-{n}")).join("rootfs");
+            self.unpack(&root, &pulled.base.layers, name)?;
+            out.push(StageSource {
+                name: Some(name.to_ascii_lowercase()),
+                root,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Creates `root` and applies `layers` to it in order, checking each diffID.
+    fn unpack(&self, root: &Path, layers: &[LayerRecord], what: &str) -> Result<(), BuildError> {
+        std::fs::create_dir_all(root).map_err(|source| BuildError::Io {
+            action: "create",
+            path: root.display().to_string(),
+            source,
+        })?;
+        let err = |message: String| BuildError::Stage {
+            stage: what.to_string(),
+            message,
+        };
+        for layer in layers {
+            let digest = Digest::parse(&layer.digest).map_err(|e| err(e.to_string()))?;
+            let diff_id = Digest::parse(&layer.diff_id).map_err(|e| err(e.to_string()))?;
+            apply_layer_blob(
+                self.store,
+                &digest,
+                Some(&diff_id),
+                root,
+                &ApplyOptions::default(),
+            )
+            .map_err(|e| err(format!("unpacking layer {digest}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn run_stage(
+        &self,
+        index: usize,
+        work: &WorkDir,
+        done: &BTreeMap<usize, Done>,
+        images: &[StageSource],
+        runner: &RuncRunner,
+    ) -> Result<Done, BuildError> {
+        let planned = &self.plan.stages[index];
+        let label = planned.label();
+        let stage_err = |message: String| BuildError::Stage {
+            stage: label.clone(),
+            message,
+        };
+        let base = match &planned.base {
+            Base::Scratch => BaseImage::default(),
+            Base::Image(image) => self
+                .pulled
+                .get(image)
+                .map(|p| p.base.clone())
+                .ok_or_else(|| stage_err(format!("base image {image} was not pulled")))?,
+            Base::Stage(j) => {
+                let parent = done
+                    .get(j)
+                    .ok_or_else(|| stage_err(format!("base stage {j} has not run")))?;
+                BaseImage {
+                    config: Some(parent.config.clone()),
+                    layers: parent.layers.clone(),
+                }
+            }
+        };
+        let root = work.stage_root(index);
+        let t0 = std::time::Instant::now();
+        self.unpack(&root, &base.layers, &label)?;
+        if !base.layers.is_empty() {
+            log(format!(
+                "[{label}] base: {} layers unpacked in {:.1}s",
+                base.layers.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+        let options = ExecutorOptions {
+            no_cache: self.no_cache,
+            source_date_epoch: self.source_date_epoch,
+            ..ExecutorOptions::default()
+        };
+        let mut executor = StageExecutor::new(self.store, &root, self.context, runner, options)
+            .map_err(|e| stage_err(e.to_string()))?;
+        for &j in &planned.depends_on {
+            executor = executor.with_stage(
+                j,
+                StageSource {
+                    name: self.plan.stages[j].name.clone(),
+                    root: work.stage_root(j),
+                },
+            );
+        }
+        // External images get indices past the stages so they never shadow one.
+        for (n, image) in images.iter().enumerate() {
+            if planned
+                .images
+                .iter()
+                .any(|i| Some(i.to_ascii_lowercase()) == image.name)
+            {
+                executor = executor.with_stage(self.plan.stages.len() + n, image.clone());
+            }
+        }
+        let spec = StageSpec {
+            label: label.clone(),
+            instructions: &self.dockerfile.stages[index].instructions,
+            escape: self.dockerfile.escape,
+            args: self.args.clone(),
+            base,
+        };
+        let mut progress = |event: &ProgressEvent<'_>| match event {
+            ProgressEvent::StepStarted { .. } => log(event.to_string()),
+            _ => log(format!("[{label}] {event}")),
+        };
+        let outcome = executor.run(&spec, &mut progress);
+        match (outcome.error, outcome.config) {
+            (None, Some(config)) => {
+                log(format!(
+                    "[{label}] done in {:.1}s, {} of {} steps cached",
+                    outcome.result.duration_ms as f64 / 1000.0,
+                    outcome.result.cache_hits,
+                    outcome.result.steps.len()
+                ));
+                Ok(Done {
+                    label,
+                    config,
+                    layers: outcome.result.layers,
+                })
+            }
+            (Some(error), _) => {
+                let mut message = error.to_string();
+                if let Some(failed) = &outcome.result.failed_step
+                    && !failed.tail.is_empty()
+                {
+                    message.push_str("\n  last output:");
+                    for line in &failed.tail {
+                        message.push_str("\n  | ");
+                        message.push_str(line);
+                    }
+                }
+                Err(stage_err(message))
+            }
+            (None, None) => Err(stage_err("the stage produced no config".into())),
+        }
+    }
+}
