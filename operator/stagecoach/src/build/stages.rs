@@ -37,14 +37,20 @@ pub struct Done {
 }
 
 /// The build's scratch space: one directory per stage root, runc bundles and state. Removed
-/// when dropped, so nothing of a build is left behind, whether it succeeded or not.
+/// when dropped, so nothing of a build is left behind, whether it succeeded or not. A build
+/// that was killed cannot remove its own: each work directory holds a lock for as long as its
+/// build runs, and a new build removes the unlocked ones it finds.
 #[derive(Debug)]
 pub struct WorkDir {
     dir: PathBuf,
+    // Held (flock, exclusive) until the directory is removed.
+    _lock: std::fs::File,
 }
 
+const LOCK_FILE: &str = ".lock";
+
 impl WorkDir {
-    /// A new, uniquely named directory under `parent`.
+    /// A new, uniquely named directory under `parent`; stale ones are removed first.
     pub fn create(parent: &Path) -> Result<Self, BuildError> {
         let io = |action| {
             move |source| BuildError::Io {
@@ -54,12 +60,27 @@ impl WorkDir {
             }
         };
         std::fs::create_dir_all(parent).map_err(io("create"))?;
-        let dir = tempfile::Builder::new()
-            .prefix("build-")
+        remove_stale(parent);
+        // Made under another prefix and renamed once locked, so no other build ever sees a
+        // `build-*` directory whose lock is free while its build runs.
+        let fresh = tempfile::Builder::new()
+            .prefix("new-")
             .tempdir_in(parent)
-            .map_err(io("create a work directory in"))?
-            .keep();
-        Ok(WorkDir { dir })
+            .map_err(io("create a work directory in"))?;
+        let lock =
+            std::fs::File::create(fresh.path().join(LOCK_FILE)).map_err(io("create a lock in"))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io("lock a work directory in")(e.into()))?;
+        let name = fresh
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().replacen("new-", "build-", 1))
+            .unwrap_or_else(|| "build-unnamed".to_string());
+        let dir = parent.join(name);
+        std::fs::rename(fresh.path(), &dir).map_err(io("rename a work directory in"))?;
+        // The rename moved it; the guard must not delete a path that no longer exists.
+        let _ = fresh.keep();
+        Ok(WorkDir { dir, _lock: lock })
     }
 
     fn path(&self) -> &Path {
@@ -68,6 +89,34 @@ impl WorkDir {
 
     fn stage_root(&self, index: usize) -> PathBuf {
         self.dir.join(format!("stage-{index}")).join("rootfs")
+    }
+}
+
+/// Removes work directories of builds that no longer run (their lock is free). Failures
+/// only warn: a leftover directory costs disk space, not correctness.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_work = entry.file_name().to_string_lossy().starts_with("build-");
+        if !is_work || !path.is_dir() {
+            continue;
+        }
+        // No lock file yet: a build between creating the directory and locking it.
+        let Ok(lock) = std::fs::File::open(path.join(LOCK_FILE)) else {
+            continue;
+        };
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            log(format!(
+                "[build] removing the work directory of an earlier build that did not finish: {}",
+                path.display()
+            ));
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                log(format!("warning: could not remove {}: {e}", path.display()));
+            }
+        }
     }
 }
 
