@@ -55,6 +55,10 @@ pub struct BuildArgs {
     /// A registry (HOST or HOST:PORT) spoken to over plain HTTP (loopback ones always are).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=PATH` (repeatable). Its file is
+    /// mounted only into the RUN steps that ask for it and never reaches a layer or a log.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    secrets: Vec<String>,
     /// The build context directory.
     #[arg(value_name = "CONTEXT")]
     context: PathBuf,
@@ -157,6 +161,27 @@ fn parse_output(raw: &str) -> Result<Output, BuildError> {
     }
 }
 
+/// Parses `--secret id=ID,src=PATH` (`source=` and `type=file` are accepted too, as docker
+/// does). The file must exist now, so a typo fails before anything runs.
+fn parse_secret(raw: &str) -> Result<(String, PathBuf), BuildError> {
+    let bad = |why: &str| BuildError::Usage(format!("--secret {raw:?}: {why}"));
+    let (mut id, mut src) = (None, None);
+    for part in raw.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) if !v.is_empty() => id = Some(v.to_string()),
+            Some(("src" | "source", v)) if !v.is_empty() => src = Some(PathBuf::from(v)),
+            Some(("type", "file")) => {}
+            _ => return Err(bad("expected id=ID,src=PATH")),
+        }
+    }
+    let id = id.ok_or_else(|| bad("no id="))?;
+    let src = src.ok_or_else(|| bad("no src="))?;
+    if !src.is_file() {
+        return Err(bad(&format!("{} is not a readable file", src.display())));
+    }
+    Ok((id, src))
+}
+
 /// The default cache: `$XDG_CACHE_HOME/stagecoach/build`, else `~/.cache/stagecoach/build`.
 fn default_cache_dir() -> Result<PathBuf, BuildError> {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -217,6 +242,11 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
     if args.push && args.tags.is_empty() {
         return Err(BuildError::Usage("--push needs at least one --tag".into()));
     }
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|s| parse_secret(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let tags = args
         .tags
         .iter()
@@ -303,6 +333,7 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         pulled: &pulled,
         args: stagecoach_builder::image_state::ArgSource { build_args, global },
         no_cache: args.no_cache,
+        secrets: &secrets,
         source_date_epoch: source_date_epoch()?,
     };
     let work = stages::WorkDir::create(&cache_dir.join("work"))?;

@@ -148,6 +148,8 @@ pub struct Run<'a> {
     pub args: ArgSource,
     /// `--no-cache`.
     pub no_cache: bool,
+    /// `--secret` ids and files.
+    pub secrets: &'a [(String, PathBuf)],
     /// Timestamps in layers and configs.
     pub source_date_epoch: u64,
 }
@@ -320,6 +322,9 @@ impl Run<'_> {
                     root: work.stage_root(j),
                 },
             );
+        }
+        for (id, path) in self.secrets {
+            executor = executor.with_secret(id, path);
         }
         // External images get indices past the stages so they never shadow one.
         for (n, image) in images.iter().enumerate() {
