@@ -11,6 +11,7 @@
 //! ends, successful or not; layers and cache keys stay in the cache for the next build.
 
 mod pull;
+mod roots;
 mod stages;
 
 use std::io::Read;
@@ -325,12 +326,14 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
     let client = pull::client(&args.insecure_registries)?;
     let pulled = pull::pull_all(&rt, &client, &store, &images, &log)?;
 
+    let roots = roots::RootCache::open(&cache_dir)?;
     let run = stages::Run {
         dockerfile: &dockerfile,
         plan: &plan,
         store: &store,
         context: &context,
         pulled: &pulled,
+        roots: &roots,
         args: stagecoach_builder::image_state::ArgSource { build_args, global },
         no_cache: args.no_cache,
         secrets: &secrets,

@@ -17,6 +17,8 @@ use super::BuildError;
 pub struct PulledBase {
     /// The reference pinned to its manifest digest (for messages and cross-repo mounts).
     pub pinned: ImageRef,
+    /// Its image manifest's digest (names its unpacked root in the cache).
+    pub manifest: stagecoach_oci::Digest,
     /// Config and layers, as the executor takes them.
     pub base: BaseImage,
 }
@@ -96,6 +98,7 @@ pub fn pull_all(
             text.clone(),
             PulledBase {
                 pinned: pulled.manifest.reference.clone(),
+                manifest: pulled.manifest.digest.clone(),
                 base,
             },
         );

@@ -18,12 +18,11 @@ use stagecoach_builder::image_state::ArgSource;
 use stagecoach_builder::runc::RuncRunner;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{Base, Plan};
-use stagecoach_oci::layer::{ApplyOptions, apply_layer_blob};
-use stagecoach_oci::{ContentStore, Digest, ImageConfig};
+use stagecoach_oci::{ContentStore, ImageConfig};
 
-use super::BuildError;
-use super::log;
 use super::pull::Pulled;
+use super::roots::{RootCache, apply_layers, unmount_all_under};
+use super::{BuildError, log};
 
 /// A finished stage: what a target's image or a later `FROM <stage>` needs.
 #[derive(Debug, Clone)]
@@ -34,6 +33,9 @@ pub struct Done {
     pub config: ImageConfig,
     /// All its layers, the base's first.
     pub layers: Vec<LayerRecord>,
+    /// The cached unpacked image at the bottom of its `FROM` chain, and how many of
+    /// `layers` that covers: a stage built on this one mounts it as its lower layer.
+    pub lower: Option<(PathBuf, usize)>,
 }
 
 /// The build's scratch space: one directory per stage root, runc bundles and state. Removed
@@ -87,8 +89,12 @@ impl WorkDir {
         &self.dir
     }
 
+    fn stage_dir(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("stage-{index}"))
+    }
+
     fn stage_root(&self, index: usize) -> PathBuf {
-        self.dir.join(format!("stage-{index}")).join("rootfs")
+        self.stage_dir(index).join("rootfs")
     }
 }
 
@@ -113,6 +119,7 @@ fn remove_stale(parent: &Path) {
                 "[build] removing the work directory of an earlier build that did not finish: {}",
                 path.display()
             ));
+            unmount_all_under(&path);
             if let Err(e) = std::fs::remove_dir_all(&path) {
                 log(format!("warning: could not remove {}: {e}", path.display()));
             }
@@ -122,6 +129,7 @@ fn remove_stale(parent: &Path) {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
+        unmount_all_under(&self.dir);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             log(format!(
                 "warning: could not remove the work directory {}: {e}",
@@ -144,6 +152,8 @@ pub struct Run<'a> {
     pub context: &'a BuildContext,
     /// The pulled base images.
     pub pulled: &'a Pulled,
+    /// Their unpacked roots.
+    pub roots: &'a RootCache,
     /// Build args and the global ARG scope.
     pub args: ArgSource,
     /// `--no-cache`.
@@ -168,7 +178,7 @@ impl Run<'_> {
                 source,
             })?;
         }
-        let images = self.unpack_copy_images(work)?;
+        let images = self.unpack_copy_images()?;
         let mut done: BTreeMap<usize, Done> = BTreeMap::new();
         for wave in &self.plan.waves {
             let results: Vec<Result<Done, BuildError>> = std::thread::scope(|scope| {
@@ -212,9 +222,10 @@ impl Run<'_> {
         Ok(done)
     }
 
-    /// Unpacks each image read by `COPY --from=<image>` into its own directory, named as the
-    /// instruction writes it (the executor matches `--from` values lower-cased).
-    fn unpack_copy_images(&self, work: &WorkDir) -> Result<Vec<StageSource>, BuildError> {
+    /// The unpacked root of each image read by `COPY --from=<image>` (read only, shared with
+    /// other builds), named as the instruction writes it (the executor matches `--from`
+    /// values lower-cased).
+    fn unpack_copy_images(&self) -> Result<Vec<StageSource>, BuildError> {
         let mut names: Vec<&String> = self
             .plan
             .waves
@@ -225,13 +236,14 @@ impl Run<'_> {
         names.sort();
         names.dedup();
         let mut out = Vec::new();
-        for (n, name) in names.into_iter().enumerate() {
+        for name in names {
             let pulled = self.pulled.get(name).ok_or_else(|| BuildError::Pull {
                 image: name.clone(),
                 message: "not pulled".into(),
             })?;
-            let root = work.path().join(format!("image-{n}")).join("rootfs");
-            self.unpack(&root, &pulled.base.layers, name)?;
+            let root =
+                self.roots
+                    .image_root(self.store, &pulled.manifest, &pulled.base.layers, name)?;
             out.push(StageSource {
                 name: Some(name.to_ascii_lowercase()),
                 root,
@@ -240,30 +252,45 @@ impl Run<'_> {
         Ok(out)
     }
 
-    /// Creates `root` and applies `layers` to it in order, checking each diffID.
-    fn unpack(&self, root: &Path, layers: &[LayerRecord], what: &str) -> Result<(), BuildError> {
-        std::fs::create_dir_all(root).map_err(|source| BuildError::Io {
+    /// Makes the stage's root: an overlay over the cached unpacked image at the bottom of
+    /// its `FROM` chain with the remaining layers applied, or, without overlay, a plain
+    /// directory with all of them applied. Returns the root and the lower layer used.
+    fn prepare_root(
+        &self,
+        index: usize,
+        work: &WorkDir,
+        base: &BaseImage,
+        lower: Option<(PathBuf, usize)>,
+        label: &str,
+    ) -> Result<(PathBuf, Option<(PathBuf, usize)>), BuildError> {
+        let t0 = std::time::Instant::now();
+        if let Some((lower_root, covered)) = &lower
+            && let Some(root) = self.roots.mount_stage(lower_root, &work.stage_dir(index))?
+        {
+            let rest = base.layers.get(*covered..).unwrap_or_default();
+            apply_layers(self.store, &root, rest, label)?;
+            log(format!(
+                "[{label}] root: cached base + {} layers in {:.1}s",
+                rest.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+            return Ok((root, lower));
+        }
+        let root = work.stage_root(index);
+        std::fs::create_dir_all(&root).map_err(|source| BuildError::Io {
             action: "create",
             path: root.display().to_string(),
             source,
         })?;
-        let err = |message: String| BuildError::Stage {
-            stage: what.to_string(),
-            message,
-        };
-        for layer in layers {
-            let digest = Digest::parse(&layer.digest).map_err(|e| err(e.to_string()))?;
-            let diff_id = Digest::parse(&layer.diff_id).map_err(|e| err(e.to_string()))?;
-            apply_layer_blob(
-                self.store,
-                &digest,
-                Some(&diff_id),
-                root,
-                &ApplyOptions::default(),
-            )
-            .map_err(|e| err(format!("unpacking layer {digest}: {e}")))?;
+        apply_layers(self.store, &root, &base.layers, label)?;
+        if !base.layers.is_empty() {
+            log(format!(
+                "[{label}] root: {} layers unpacked in {:.1}s",
+                base.layers.len(),
+                t0.elapsed().as_secs_f64()
+            ));
         }
-        Ok(())
+        Ok((root, lower))
     }
 
     fn run_stage(
@@ -280,33 +307,38 @@ impl Run<'_> {
             stage: label.clone(),
             message,
         };
-        let base = match &planned.base {
-            Base::Scratch => BaseImage::default(),
-            Base::Image(image) => self
-                .pulled
-                .get(image)
-                .map(|p| p.base.clone())
-                .ok_or_else(|| stage_err(format!("base image {image} was not pulled")))?,
+        let (base, lower) = match &planned.base {
+            Base::Scratch => (BaseImage::default(), None),
+            Base::Image(image) => {
+                let pulled = self
+                    .pulled
+                    .get(image)
+                    .ok_or_else(|| stage_err(format!("base image {image} was not pulled")))?;
+                let lower = if self.roots.overlay_enabled() {
+                    let root = self.roots.image_root(
+                        self.store,
+                        &pulled.manifest,
+                        &pulled.base.layers,
+                        &label,
+                    )?;
+                    Some((root, pulled.base.layers.len()))
+                } else {
+                    None
+                };
+                (pulled.base.clone(), lower)
+            }
             Base::Stage(j) => {
                 let parent = done
                     .get(j)
                     .ok_or_else(|| stage_err(format!("base stage {j} has not run")))?;
-                BaseImage {
+                let base = BaseImage {
                     config: Some(parent.config.clone()),
                     layers: parent.layers.clone(),
-                }
+                };
+                (base, parent.lower.clone())
             }
         };
-        let root = work.stage_root(index);
-        let t0 = std::time::Instant::now();
-        self.unpack(&root, &base.layers, &label)?;
-        if !base.layers.is_empty() {
-            log(format!(
-                "[{label}] base: {} layers unpacked in {:.1}s",
-                base.layers.len(),
-                t0.elapsed().as_secs_f64()
-            ));
-        }
+        let (root, lower) = self.prepare_root(index, work, &base, lower, &label)?;
         let options = ExecutorOptions {
             no_cache: self.no_cache,
             source_date_epoch: self.source_date_epoch,
@@ -360,6 +392,7 @@ impl Run<'_> {
                     label,
                     config,
                     layers: outcome.result.layers,
+                    lower,
                 })
             }
             (Some(error), _) => {
