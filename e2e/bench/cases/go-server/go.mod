@@ -1,0 +1,3 @@
+module example.invalid/server
+
+go 1.22
