@@ -152,13 +152,13 @@ def open_layer(path):
         if not shutil.which("zstd"):
             raise Fail("a zstd layer needs the zstd command (apt-get install zstd) or "
                        "python3-zstandard")
-        proc = subprocess.Popen(["zstd", "-dcq"], stdin=f, stdout=subprocess.PIPE)
+        f.close()
+        proc = subprocess.Popen(["zstd", "-dcq", "--", path], stdout=subprocess.PIPE)
 
         def done():
             proc.stdout.close()
             if proc.wait() != 0:
                 raise Fail(f"zstd could not decompress {path}")
-            f.close()
         return proc.stdout, done
     return f, f.close
 
