@@ -152,7 +152,9 @@ fn kind_tag(kind: FileKind) -> &'static [u8] {
 }
 
 /// The content digest of what a COPY/ADD plan writes: for each operation in destination
-/// order, its path, type, mode, owner and content (file bytes, heredoc text or link target).
+/// order, its path, type, mode, owner and content (file bytes, heredoc text, link target, or
+/// an archive's bytes). A downloaded `ADD <url>` file is hashed like any other file, so its
+/// step's key changes with what the URL serves.
 pub fn digest_copy_plan(plan: &CopyPlan) -> Result<String, CacheKeyError> {
     let mut ops: Vec<_> = plan.ops.iter().collect();
     ops.sort_by(|a, b| a.dest.cmp(&b.dest));
@@ -169,6 +171,12 @@ pub fn digest_copy_plan(plan: &CopyPlan) -> Result<String, CacheKeyError> {
             OpSource::Content(bytes) => f.field(b'c', hex(&Sha256::digest(bytes)).as_bytes()),
             OpSource::Link(target) => f.field(b'l', target.as_bytes()),
             OpSource::HardLink(first) => f.field(b'h', first.as_bytes()),
+            // The archive's bytes decide everything it extracts (names, modes, owners unless
+            // `--chown`, which the op's owner above already covers).
+            OpSource::Archive { path, keep_owners } => {
+                f.field(b'x', file_digest(path)?.as_bytes());
+                f.field(b'o', &[u8::from(*keep_owners)]);
+            }
         }
     }
     Ok(f.finish())

@@ -16,7 +16,11 @@
 //! * `--parents` keeps each source's path (below a `/./` pivot) under the destination;
 //! * `--exclude` patterns match paths below a directory source, and a wildcard match by its
 //!   path below the wildcard's literal prefix;
-//! * files sharing an inode in the source share one in the copy (hard links kept).
+//! * files sharing an inode in the source share one in the copy (hard links kept);
+//! * ADD extracts a local tar archive (recognised by content, see [`crate::archive`]) into
+//!   the destination, which is then always a directory, unless `--unpack=false`; a URL
+//!   source (downloaded beforehand, see [`crate::remote`]) is a file, 0600 unless
+//!   `--chmod`, extracted only with `--unpack=true`.
 //!
 //! Writing never follows a symlink out of the root: parents are resolved as if chrooted and
 //! the last component of a file or symlink is replaced, never written through.
@@ -26,9 +30,11 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::archive::{self, ArchiveError, ExtractOptions};
 use crate::context::{BuildContext, ContextError, FileKind, Source};
 use crate::dockerignore::{IgnoreError, PatternMatcher};
 use crate::pattern::clean;
+use crate::remote::{self, Download};
 use crate::rootpath::{self, RootPathError};
 use crate::users::Owner;
 
@@ -88,6 +94,14 @@ pub enum CopyError {
     /// Resolving a destination inside the root failed.
     #[error(transparent)]
     Resolve(#[from] RootPathError),
+    /// Extracting an archive failed (or it tried to leave its destination).
+    #[error("ADD {archive}: {source}")]
+    Archive {
+        /// The archive's source path or URL.
+        archive: String,
+        /// What went wrong.
+        source: ArchiveError,
+    },
     /// An I/O error on a named path.
     #[error("{op} {path}: {source}")]
     Io {
@@ -130,8 +144,11 @@ pub struct CopySpec {
     pub excludes: Vec<String>,
     /// `--parents`.
     pub parents: bool,
-    /// `ADD --unpack` (`None`: local archives are unpacked).
+    /// `ADD --unpack` (`None`: local archives are unpacked, downloads are not).
     pub unpack: Option<bool>,
+    /// `ADD <url>` sources already downloaded, matched to `sources` by URL. A URL source
+    /// without one is refused: planning never touches the network.
+    pub downloads: Vec<Download>,
 }
 
 impl CopySpec {
@@ -154,6 +171,13 @@ pub enum OpSource {
     /// A hard link to a file an earlier op of the same plan wrote (absolute path in the
     /// root): files sharing an inode in the source share one in the copy.
     HardLink(String),
+    /// A tar archive (possibly compressed) extracted into the op's destination directory.
+    Archive {
+        /// The archive on disk.
+        path: PathBuf,
+        /// Entries keep the archive's owners (no `--chown`); otherwise they take the op's.
+        keep_owners: bool,
+    },
 }
 
 /// One thing to create in the root filesystem.
@@ -219,33 +243,7 @@ fn base_name(rel: &str) -> &str {
 }
 
 fn is_url(source: &str) -> bool {
-    let lower = source.to_ascii_lowercase();
-    lower.starts_with("http://")
-        || lower.starts_with("https://")
-        || lower.starts_with("git@")
-        || lower.starts_with("git://")
-}
-
-/// Whether a file starts like an archive ADD would unpack (tar, gzip, bzip2, xz, zstd).
-fn looks_like_archive(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 512];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-    }
-    let h = &head[..n];
-    h.starts_with(&[0x1f, 0x8b])
-        || h.starts_with(b"BZh")
-        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-        || (n >= 262 && &h[257..262] == b"ustar")
+    remote::is_http_url(source) || remote::is_git_url(source)
 }
 
 struct Planner<'a> {
@@ -338,6 +336,26 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// An archive extracted into `dest`, which becomes a directory whatever its spelling
+    /// (BuildKit's unpack makes it with its parents, owned like the copy).
+    fn archive(&mut self, path: &Path, dest: &str, source_rel: String) {
+        self.ensure_parents(dest);
+        self.ensure_dir(dest);
+        self.ops.push(CopyOp {
+            dest: dest.to_string(),
+            kind: FileKind::Dir,
+            source: OpSource::Archive {
+                path: path.to_owned(),
+                keep_owners: self.spec.owner.is_none(),
+            },
+            mode: 0o755,
+            owner: self.owner,
+            mtime: None,
+            overwrite_metadata: false,
+            source_rel: Some(source_rel),
+        });
+    }
+
     fn push(&mut self, op: CopyOp) {
         if op.kind == FileKind::Dir {
             self.ensured.insert(op.dest.clone());
@@ -359,6 +377,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
 
     enum Item<'s> {
         Heredoc(&'s HeredocSource),
+        Download(&'s Download),
         Context(Source),
     }
     let mut items = Vec::new();
@@ -368,11 +387,23 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
             continue;
         }
         if spec.is_add && is_url(source) {
-            return Err(CopyError::Unsupported {
-                keyword,
-                source_path: source.clone(),
-                what: "ADD from a URL or git repository",
-            });
+            match spec.downloads.iter().find(|d| &d.url == source) {
+                Some(d) if !remote::is_git_url(source) => {
+                    items.push(Item::Download(d));
+                    continue;
+                }
+                _ => {
+                    return Err(CopyError::Unsupported {
+                        keyword,
+                        source_path: source.clone(),
+                        what: if remote::is_git_url(source) {
+                            "ADD from a git repository"
+                        } else {
+                            "ADD from a URL that was not downloaded first"
+                        },
+                    });
+                }
+            }
         }
         for s in context.resolve(source, spec.parents).map_err(source_err)? {
             if !BuildContext::excluded(&s, &excludes) {
@@ -414,6 +445,30 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     mtime: None,
                     overwrite_metadata: true,
                     source_rel: None,
+                });
+            }
+            Item::Download(d) => {
+                // Remote archives are extracted only on request (BuildKit's `--unpack`
+                // default is false for URLs).
+                if spec.unpack == Some(true) && archive::is_archive(&d.path) {
+                    p.archive(&d.path, &dest, d.url.clone());
+                    continue;
+                }
+                let target = if dest_is_dir {
+                    join_abs(&dest, &d.name)
+                } else {
+                    dest.clone()
+                };
+                p.ensure_parents(&target);
+                p.push(CopyOp {
+                    dest: target,
+                    kind: FileKind::File,
+                    source: OpSource::File(d.path.clone()),
+                    mode: spec.chmod.unwrap_or(0o600),
+                    owner,
+                    mtime: d.mtime.map(|t| (t, 0)),
+                    overwrite_metadata: true,
+                    source_rel: Some(d.url.clone()),
                 });
             }
             Item::Context(s) if s.kind == FileKind::Dir => {
@@ -468,12 +523,9 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                 }
             }
             Item::Context(s) if s.kind == FileKind::File => {
-                if spec.is_add && spec.unpack != Some(false) && looks_like_archive(&s.path) {
-                    return Err(CopyError::Unsupported {
-                        keyword,
-                        source_path: s.rel,
-                        what: "unpacking an archive",
-                    });
+                if spec.is_add && spec.unpack != Some(false) && archive::is_archive(&s.path) {
+                    p.archive(&s.path, &dest, s.rel.clone());
+                    continue;
                 }
                 let target = if p.spec.parents {
                     p.kept_parents(context, &s, &dest, false)?;
@@ -562,6 +614,24 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
     // end, deepest first (owners at once: a chown would clear setgid set earlier).
     let mut dir_finish: Vec<(PathBuf, &CopyOp)> = Vec::new();
     for op in &plan.ops {
+        if let OpSource::Archive { path, keep_owners } = &op.source {
+            let target = rootpath::resolve(rootfs, &op.dest, true)?.path;
+            if !target.is_dir() {
+                return Err(CopyError::NotADirectory {
+                    dest: op.dest.clone(),
+                });
+            }
+            let extract = ExtractOptions {
+                chown: (!keep_owners).then_some(op.owner),
+                implied_owner: op.owner,
+                set_owner: options.set_owner,
+            };
+            archive::extract(path, &target, extract).map_err(|source| CopyError::Archive {
+                archive: op.source_rel.clone().unwrap_or_default(),
+                source,
+            })?;
+            continue;
+        }
         let (parent, name) = match op.dest.rfind('/') {
             Some(i) => (&op.dest[..i], &op.dest[i + 1..]),
             None => ("", op.dest.as_str()),
@@ -639,7 +709,7 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
                 let existing = rootpath::resolve(rootfs, first, false)?.path;
                 std::fs::hard_link(&existing, &target).map_err(io_err("linking", &op.dest))?;
             }
-            OpSource::None => {}
+            OpSource::None | OpSource::Archive { .. } => {}
         }
     }
     for (path, op) in dir_finish.iter().rev() {

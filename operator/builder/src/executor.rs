@@ -6,7 +6,8 @@
 //! at the base image's config digest, or `scratch`), then
 //! - metadata instructions (ENV, LABEL, CMD, …) add a history entry with `empty_layer`;
 //! - COPY/ADD, WORKDIR and RUN look their key up in `keys/<key>` (unless `no_cache`); a hit
-//!   applies the stored layer. A miss executes the instruction between two
+//!   applies the stored layer (`ADD <url>` sources are downloaded first either way: the key
+//!   covers their content). A miss executes the instruction between two
 //!   [`snapshot`](crate::snapshot) walks, writes the diff as a layer with
 //!   `write_layer(Changes)` and records the key. A step whose diff is empty makes no layer
 //!   and its history says `empty_layer`, as BuildKit's exporter does.
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use stagecoach_dockerfile::instructions::{
-    CommandLine, Copy as CopyInstr, Instruction, Located, MountType, NetworkMode, Run, Sharing,
-    Transfer,
+    Add, CommandLine, Copy as CopyInstr, Instruction, Located, MountType, NetworkMode, Run,
+    Sharing, Transfer,
 };
 use stagecoach_dockerfile::parser::Heredoc;
 use stagecoach_dockerfile::shell::ShellLex;
@@ -48,6 +49,7 @@ use crate::cache_key::{self, CacheKey, CacheKeyError};
 use crate::context::{BuildContext, ContextError};
 use crate::copy::{self, CopyError, CopySpec, HeredocSource};
 use crate::image_state::{ArgSource, HistoryEntry, ImageState, StateError, parse_trigger};
+use crate::remote::{self, FetchError};
 use crate::rootpath::{self, RootPathError};
 use crate::runner::{RunMount, RunNetwork, RunRequest, Runner, RunnerError};
 use crate::snapshot::{self, Snapshot, SnapshotError, SnapshotOptions};
@@ -111,6 +113,14 @@ pub enum ExecutorError {
         line: usize,
         /// The cause.
         source: CopyError,
+    },
+    /// An `ADD <url>` source could not be fetched, or was not what `--checksum` says.
+    #[error("line {line}: {source}")]
+    Fetch {
+        /// The line.
+        line: usize,
+        /// The cause.
+        source: FetchError,
     },
     /// A user or group could not be resolved.
     #[error("line {line}: {source}")]
@@ -187,6 +197,7 @@ impl ExecutorError {
             ExecutorError::RunFailed { .. } => "RunFailed",
             ExecutorError::State { .. } => "InvalidInstruction",
             ExecutorError::Copy { .. } => "CopyFailed",
+            ExecutorError::Fetch { source, .. } => source.reason(),
             ExecutorError::User { .. } => "UnknownUser",
             ExecutorError::Unsupported { .. } => "Unsupported",
             ExecutorError::Missing { .. } => "MissingInput",
@@ -205,6 +216,10 @@ impl ExecutorError {
     /// The exit code this failure maps to.
     pub fn exit_code(&self) -> ExitCode {
         match self {
+            ExecutorError::Fetch { source, .. } if source.is_bad_input() => ExitCode::BadInput,
+            ExecutorError::Fetch { source, .. } if source.is_user_error() => {
+                ExitCode::InstructionFailed
+            }
             ExecutorError::RunFailed { .. } | ExecutorError::Copy { .. } => {
                 ExitCode::InstructionFailed
             }
@@ -896,10 +911,10 @@ impl<'a> StageExecutor<'a> {
                 progress,
             ),
             Instruction::Add(add) => {
-                if add.checksum.is_some() || add.keep_git_dir {
+                if add.keep_git_dir {
                     return Err(ExecutorError::Unsupported {
                         line,
-                        what: "ADD --checksum / --keep-git-dir (ADD from URLs and git)".into(),
+                        what: "ADD --keep-git-dir (ADD from a git repository)".into(),
                     });
                 }
                 self.step_copy(
@@ -907,7 +922,7 @@ impl<'a> StageExecutor<'a> {
                     step,
                     &add.transfer,
                     None,
-                    Some(add.unpack),
+                    Some(add),
                     cursor,
                     record,
                     progress,
@@ -1000,13 +1015,13 @@ impl<'a> StageExecutor<'a> {
         step: &Step<'_>,
         transfer: &Transfer,
         from: Option<&str>,
-        unpack: Option<Option<bool>>,
+        add: Option<&Add>,
         cursor: &mut Cursor,
         record: &mut Record,
         progress: &mut dyn Progress,
     ) -> Result<FileOutcome, ExecutorError> {
         let line = step.line;
-        let keyword = if unpack.is_some() { "ADD" } else { "COPY" };
+        let keyword = if add.is_some() { "ADD" } else { "COPY" };
         let expanded = cursor
             .state
             .expand_transfer(lex, keyword, transfer)
@@ -1037,8 +1052,14 @@ impl<'a> StageExecutor<'a> {
                 },
             })
             .collect();
+        // URL sources are downloaded now, before the key, which must cover their content.
+        // The staging directory lives until the step has run (or failed).
+        let (downloads, _staging) = match add {
+            Some(add) => self.fetch_sources(lex, add, &expanded.sources, cursor, line)?,
+            None => (Vec::new(), None),
+        };
         let spec = CopySpec {
-            is_add: unpack.is_some(),
+            is_add: add.is_some(),
             sources: expanded.sources.clone(),
             heredocs,
             dest: expanded.dest.clone(),
@@ -1047,7 +1068,8 @@ impl<'a> StageExecutor<'a> {
             chmod,
             excludes: expanded.excludes.clone(),
             parents: transfer.parents,
-            unpack: unpack.flatten(),
+            unpack: add.and_then(|a| a.unpack),
+            downloads,
         };
         let stage_ctx;
         let context = match from {
@@ -1084,6 +1106,76 @@ impl<'a> StageExecutor<'a> {
                 .map_err(|source| ExecutorError::Copy { line, source })
             },
         )
+    }
+
+    /// Downloads an ADD's HTTP(S) sources into a fresh staging directory under the cache
+    /// root's `tmp/` (removed when the returned guard drops), checking `--checksum`
+    /// (expanded like the sources). Git sources are refused here with a clear message.
+    fn fetch_sources(
+        &self,
+        lex: &ShellLex,
+        add: &Add,
+        sources: &[String],
+        cursor: &Cursor,
+        line: usize,
+    ) -> Result<(Vec<remote::Download>, Option<tempfile::TempDir>), ExecutorError> {
+        let fetch_err = |source| ExecutorError::Fetch { line, source };
+        let checksum = match &add.checksum {
+            Some(c) => {
+                let value = lex
+                    .process_word(c, &cursor.state.build_env)
+                    .map_err(|e| ExecutorError::State {
+                        line,
+                        source: StateError::Expansion {
+                            instruction: "ADD",
+                            message: e.to_string(),
+                        },
+                    })?
+                    .value;
+                Some(remote::parse_checksum(&value).map_err(fetch_err)?)
+            }
+            None => None,
+        };
+        let mut downloads = Vec::new();
+        let mut staging: Option<tempfile::TempDir> = None;
+        for source in sources {
+            if remote::is_git_url(source) {
+                return Err(fetch_err(FetchError::Git {
+                    url: source.clone(),
+                }));
+            }
+            if !remote::is_http_url(source) {
+                if checksum.is_some() && !add.transfer.heredocs.iter().any(|h| &h.name == source) {
+                    return Err(fetch_err(FetchError::ChecksumNeedsUrl {
+                        source_path: source.clone(),
+                    }));
+                }
+                continue;
+            }
+            if downloads
+                .iter()
+                .any(|d: &remote::Download| &d.url == source)
+            {
+                continue;
+            }
+            let dir = match &staging {
+                Some(d) => d.path().to_owned(),
+                None => {
+                    let tmp = self.store.root().join("tmp");
+                    fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+                    let d = tempfile::Builder::new()
+                        .prefix("add-")
+                        .tempdir_in(&tmp)
+                        .map_err(io_err("create a staging directory in", &tmp))?;
+                    let path = d.path().to_owned();
+                    staging = Some(d);
+                    path
+                }
+            };
+            let path = dir.join(format!("download-{}", downloads.len()));
+            downloads.push(remote::fetch(source, &path, checksum.as_deref()).map_err(fetch_err)?);
+        }
+        Ok((downloads, staging))
     }
 
     fn stage_source(&self, name: &str, line: usize) -> Result<&StageSource, ExecutorError> {

@@ -2,9 +2,12 @@
 //! ([`context`], [`dockerignore`]), COPY/ADD planning and copying into a root filesystem
 //! ([`copy`]), user lookup in that root ([`users`]), the image-config state a stage carries
 //! while its instructions run ([`image_state`]) and its mapping to and from an OCI image
-//! config ([`oci_config`]), and instruction cache keys ([`cache_key`]).
-//! RUN, snapshots and layers build on these; nothing here talks to Kubernetes or a network.
+//! config ([`oci_config`]), instruction cache keys ([`cache_key`]), and ADD's archive
+//! extraction ([`archive`]) and URL downloads ([`remote`]).
+//! RUN, snapshots and layers build on these; nothing here talks to Kubernetes, and only
+//! [`remote`] (for `ADD <url>`) talks to a network.
 
+pub mod archive;
 pub mod cache_key;
 pub mod context;
 pub mod copy;
@@ -13,6 +16,7 @@ pub mod executor;
 pub mod image_state;
 pub mod oci_config;
 pub mod pattern;
+pub mod remote;
 pub mod rootpath;
 pub mod runc;
 pub mod runner;
