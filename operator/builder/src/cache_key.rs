@@ -147,6 +147,7 @@ fn kind_tag(kind: FileKind) -> &'static [u8] {
         FileKind::File => b"file",
         FileKind::Dir => b"dir",
         FileKind::Symlink => b"symlink",
+        FileKind::Fifo => b"fifo",
         FileKind::Other => b"other",
     }
 }
@@ -166,7 +167,8 @@ pub fn digest_copy_plan(plan: &CopyPlan) -> Result<String, CacheKeyError> {
         f.field(b'u', &op.owner.uid.to_be_bytes());
         f.field(b'g', &op.owner.gid.to_be_bytes());
         match &op.source {
-            OpSource::None => {}
+            // A fifo's kind tag, mode and owner above are all it has.
+            OpSource::None | OpSource::Fifo => {}
             OpSource::File(path) => f.field(b'c', file_digest(path)?.as_bytes()),
             OpSource::Content(bytes) => f.field(b'c', hex(&Sha256::digest(bytes)).as_bytes()),
             OpSource::Link(target) => f.field(b'l', target.as_bytes()),
@@ -208,7 +210,7 @@ pub fn digest_source(context: &BuildContext, source: &str) -> Result<String, Cac
                         })?;
                     f.field(b'l', target.as_os_str().as_encoded_bytes());
                 }
-                FileKind::Dir | FileKind::Other => {}
+                FileKind::Dir | FileKind::Fifo | FileKind::Other => {}
             }
         }
     }

@@ -70,7 +70,10 @@ pub enum FileKind {
     Dir,
     /// A symbolic link.
     Symlink,
-    /// A fifo, socket or device: skipped by copies.
+    /// A named pipe: copied as a new, empty one (as BuildKit's copier and buildah do).
+    Fifo,
+    /// A socket or device: skipped by copies (device nodes would need mknod, which
+    /// builder pods do not have; a socket is no file to ship).
     Other,
 }
 
@@ -83,6 +86,8 @@ impl FileKind {
             Self::Dir
         } else if t.is_file() {
             Self::File
+        } else if std::os::unix::fs::FileTypeExt::is_fifo(&t) {
+            Self::Fifo
         } else {
             Self::Other
         }

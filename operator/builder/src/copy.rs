@@ -168,6 +168,8 @@ pub enum OpSource {
     Content(Vec<u8>),
     /// A symlink target, copied as written.
     Link(String),
+    /// A named pipe to make.
+    Fifo,
     /// A hard link to a file an earlier op of the same plan wrote (absolute path in the
     /// root): files sharing an inode in the source share one in the copy.
     HardLink(String),
@@ -484,6 +486,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     let (source, mode) = match entry.kind {
                         FileKind::Other => continue,
                         FileKind::Dir => (OpSource::None, spec.chmod.unwrap_or(entry.mode)),
+                        FileKind::Fifo => (OpSource::Fifo, spec.chmod.unwrap_or(entry.mode)),
                         FileKind::File => {
                             let dest = join_abs(&top, &entry.rel);
                             let source = match (entry.nlink > 1)
@@ -522,8 +525,12 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     });
                 }
             }
-            Item::Context(s) if s.kind == FileKind::File => {
-                if spec.is_add && spec.unpack != Some(false) && archive::is_archive(&s.path) {
+            Item::Context(s) if matches!(s.kind, FileKind::File | FileKind::Fifo) => {
+                if s.kind == FileKind::File
+                    && spec.is_add
+                    && spec.unpack != Some(false)
+                    && archive::is_archive(&s.path)
+                {
                     p.archive(&s.path, &dest, s.rel.clone());
                     continue;
                 }
@@ -541,10 +548,15 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     source: e,
                 })?;
                 p.ensure_parents(&target);
+                let source = if s.kind == FileKind::Fifo {
+                    OpSource::Fifo
+                } else {
+                    OpSource::File(s.path.clone())
+                };
                 p.push(CopyOp {
                     dest: target,
-                    kind: FileKind::File,
-                    source: OpSource::File(s.path.clone()),
+                    kind: s.kind,
+                    source,
                     mode: spec.chmod.unwrap_or(meta.mode() & 0o7777),
                     owner,
                     mtime: Some((meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))),
@@ -552,8 +564,8 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     source_rel: Some(s.rel.clone()),
                 });
             }
-            // Device nodes would need mknod, which builder pods do not have; fifos and
-            // sockets carry no content worth a layer.
+            // Device nodes would need mknod, which builder pods do not have; sockets are no
+            // files to ship.
             Item::Context(_) => {}
         }
     }
@@ -703,6 +715,17 @@ pub fn apply(plan: &CopyPlan, rootfs: &Path, options: ApplyOptions) -> Result<()
                 std::io::Write::write_all(&mut output, bytes)
                     .map_err(io_err("writing", &op.dest))?;
                 drop(output);
+                set_metadata(&target, op, options, &op.dest)?;
+            }
+            OpSource::Fifo => {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(op.mode & 0o777),
+                    0,
+                )
+                .map_err(|e| io_err("making fifo", &op.dest)(e.into()))?;
                 set_metadata(&target, op, options, &op.dest)?;
             }
             OpSource::HardLink(first) => {

@@ -540,3 +540,32 @@ fn copy_from_a_stage_root() {
         "the source's own link is followed inside the stage root"
     );
 }
+
+#[test]
+fn fifos_are_copied_as_fifos_with_their_mode_and_sockets_are_skipped() {
+    use std::os::unix::fs::FileTypeExt;
+    let f = Fixture::new(&[("dir/plain", "p")], "");
+    let mkfifo = |rel: &str, mode: u32| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            f.ctx_path().join(rel),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        std::fs::set_permissions(f.ctx_path().join(rel), PermissionsExt::from_mode(mode)).unwrap();
+    };
+    mkfifo("dir/pipe", 0o640);
+    mkfifo("single", 0o604);
+    let _socket = std::os::unix::net::UnixListener::bind(f.ctx_path().join("dir/sock")).unwrap();
+    f.copy(&["dir"], "/out/").unwrap();
+    f.copy(&["single"], "/one").unwrap();
+    for (path, mode) in [("/out/pipe", 0o640), ("/one", 0o604)] {
+        let m = f.meta(path);
+        assert!(m.file_type().is_fifo(), "{path} is not a fifo");
+        assert_eq!(m.mode() & 0o7777, mode, "{path}");
+    }
+    assert_eq!(f.read("/out/plain"), "p");
+    assert!(!f.exists("/out/sock"), "a socket must not be copied");
+}
