@@ -15,7 +15,8 @@ layers below, `.wh..wh..opq` in a directory hides everything the layers below pu
 Output, with sorted keys:
 
   {"config": {Env, Entrypoint, Cmd, WorkingDir, User, ExposedPorts, Labels, Volumes,
-              StopSignal, os, architecture},        # empty or null values are left out
+              StopSignal, os, architecture},        # empty or null values are left out;
+                                                    # Env is sorted (order is no meaning)
    "files": {"/path": {"type": "file"|"dir"|"symlink"|"char"|"block"|"fifo",
                        "mode": "4755", "uid": 0, "gid": 0,
                        file: "size", "sha256", and "link_group" (the first path, in
@@ -332,6 +333,10 @@ def config_subset(config, ignore_labels):
         v = c.get(k)
         if k == "Labels" and v:
             v = {lk: lv for lk, lv in v.items() if lk not in ignore_labels}
+        if k == "Env" and v:
+            # A set to a runtime. BuildKit redefines a variable in place; buildah 1.28 moves
+            # it to the end.
+            v = sorted(v)
         if v in (None, "", [], {}):
             continue  # absent, null and empty mean the same to a runtime
         out[k] = v
