@@ -189,6 +189,12 @@ def main():
         d2 = run_tree(path, "--ref", "one", "--ignore-runtime-stubs")
         check("/run" not in d2["files"] and "/etc/hosts" not in d2["files"], "stubs dropped")
 
+        # --ignore-empty: a chain of empty directories goes, a non-empty one stays.
+        d3 = run_tree(path, "--ref", "one", "--ignore-empty", "/gone", "--ignore-empty", "/gone/deep",
+                      "--ignore-empty", "/run", "--ignore-empty", "/etc")
+        check("/gone" not in d3["files"] and "/run" not in d3["files"]
+              and "/etc" in d3["files"], "--ignore-empty")
+
         # image-diff: same is 0, different is 1.
         a, b = os.path.join(tmp, "a.json"), os.path.join(tmp, "b.json")
         with open(a, "w") as fa:

@@ -32,6 +32,8 @@ The root directory itself is not listed.
 --ignore-runtime-stubs drops what a RUN step under buildah leaves behind when it is empty:
   the directories /dev, /proc, /sys, /run and the files /etc/hostname, /etc/hosts,
   /etc/resolv.conf (a non-empty one is kept: then it is content).
+--ignore-empty PATH drops PATH when it is an empty directory (once what is dropped below it
+  is gone) or an empty file (repeatable).
 --ignore-label KEY drops a configuration label, e.g. io.buildah.version (repeatable).
 """
 import argparse
@@ -287,7 +289,7 @@ def walk(node, prefix, out):
             walk(child, path, out)
 
 
-def describe(root, ignore, runtime_stubs):
+def describe(root, ignore, runtime_stubs, ignore_empty=()):
     paths = []
     walk(root, "", paths)
 
@@ -295,14 +297,21 @@ def describe(root, ignore, runtime_stubs):
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in ignore)
 
     paths = [(p, n) for p, n in paths if not ignored(p)]
+    # Empty directories and files to leave out, deepest first so that a parent left empty
+    # by its children's removal goes too.
+    candidates = set(ignore_empty)
     if runtime_stubs:
-        stubs = set()
-        for p, n in paths:
-            if p in RUNTIME_STUB_DIRS and n.type == "dir" and not n.children:
-                stubs.add(p)
-            if p in RUNTIME_STUB_FILES and n.type == "file" and n.size == 0:
-                stubs.add(p)
-        paths = [(p, n) for p, n in paths if p not in stubs]
+        candidates |= set(RUNTIME_STUB_DIRS) | set(RUNTIME_STUB_FILES)
+    kept = dict(paths)
+    for p in sorted(candidates, key=lambda x: -x.count("/")):
+        n = kept.get(p)
+        if n is None:
+            continue
+        if n.type == "dir" and not any(q.startswith(p + "/") for q in kept):
+            del kept[p]
+        elif n.type == "file" and n.size == 0:
+            del kept[p]
+    paths = [(p, n) for p, n in paths if p in kept]
 
     groups = {}
     for p, n in paths:
@@ -355,6 +364,8 @@ def main():
     p.add_argument("--ignore-runtime-stubs", action="store_true",
                    help="leave out empty /dev /proc /sys /run and empty /etc/hostname "
                         "/etc/hosts /etc/resolv.conf")
+    p.add_argument("--ignore-empty", action="append", default=[], metavar="PATH",
+                   help="leave out PATH if it is an empty directory or an empty file")
     p.add_argument("--ignore-label", action="append", default=[], metavar="KEY")
     p.add_argument("-o", "--output", help="write the JSON here instead of stdout")
     args = p.parse_args()
@@ -367,7 +378,8 @@ def main():
         ignore = ["/" + "/".join(split(i)) for i in args.ignore]
         doc = {
             "config": config_subset(config, set(args.ignore_label)),
-            "files": describe(root, ignore, args.ignore_runtime_stubs),
+            "files": describe(root, ignore, args.ignore_runtime_stubs,
+                              ["/" + "/".join(split(i)) for i in args.ignore_empty]),
             "image": {"manifest": digest, "layers": len(manifest["layers"])},
         }
     except (Fail, OSError, tarfile.TarError, json.JSONDecodeError, KeyError) as e:
