@@ -358,6 +358,30 @@ impl Planner<'_> {
         });
     }
 
+    /// One non-directory at `dest`, its parents made as needed, with the plan's owner.
+    fn push_file(
+        &mut self,
+        dest: String,
+        kind: FileKind,
+        source: OpSource,
+        mode: u32,
+        mtime: Option<(i64, u32)>,
+        source_rel: Option<String>,
+    ) {
+        self.ensure_parents(&dest);
+        let owner = self.owner;
+        self.push(CopyOp {
+            dest,
+            kind,
+            source,
+            mode,
+            owner,
+            mtime,
+            overwrite_metadata: true,
+            source_rel,
+        });
+    }
+
     fn push(&mut self, op: CopyOp) {
         if op.kind == FileKind::Dir {
             self.ensured.insert(op.dest.clone());
@@ -437,17 +461,14 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                 } else {
                     dest.clone()
                 };
-                p.ensure_parents(&target);
-                p.push(CopyOp {
-                    dest: target,
-                    kind: FileKind::File,
-                    source: OpSource::Content(h.content.clone().into_bytes()),
-                    mode: spec.chmod.unwrap_or(0o644),
-                    owner,
-                    mtime: None,
-                    overwrite_metadata: true,
-                    source_rel: None,
-                });
+                p.push_file(
+                    target,
+                    FileKind::File,
+                    OpSource::Content(h.content.clone().into_bytes()),
+                    spec.chmod.unwrap_or(0o644),
+                    None,
+                    None,
+                );
             }
             Item::Download(d) => {
                 // Remote archives are extracted only on request (BuildKit's `--unpack`
@@ -461,17 +482,14 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                 } else {
                     dest.clone()
                 };
-                p.ensure_parents(&target);
-                p.push(CopyOp {
-                    dest: target,
-                    kind: FileKind::File,
-                    source: OpSource::File(d.path.clone()),
-                    mode: spec.chmod.unwrap_or(0o600),
-                    owner,
-                    mtime: d.mtime.map(|t| (t, 0)),
-                    overwrite_metadata: true,
-                    source_rel: Some(d.url.clone()),
-                });
+                p.push_file(
+                    target,
+                    FileKind::File,
+                    OpSource::File(d.path.clone()),
+                    spec.chmod.unwrap_or(0o600),
+                    d.mtime.map(|t| (t, 0)),
+                    Some(d.url.clone()),
+                );
             }
             Item::Context(s) if s.kind == FileKind::Dir => {
                 let top = if p.spec.parents {
@@ -547,22 +565,19 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
                     path: s.path.display().to_string(),
                     source: e,
                 })?;
-                p.ensure_parents(&target);
                 let source = if s.kind == FileKind::Fifo {
                     OpSource::Fifo
                 } else {
                     OpSource::File(s.path.clone())
                 };
-                p.push(CopyOp {
-                    dest: target,
-                    kind: s.kind,
+                p.push_file(
+                    target,
+                    s.kind,
                     source,
-                    mode: spec.chmod.unwrap_or(meta.mode() & 0o7777),
-                    owner,
-                    mtime: Some((meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))),
-                    overwrite_metadata: true,
-                    source_rel: Some(s.rel.clone()),
-                });
+                    spec.chmod.unwrap_or(meta.mode() & 0o7777),
+                    Some((meta.mtime(), u32::try_from(meta.mtime_nsec()).unwrap_or(0))),
+                    Some(s.rel.clone()),
+                );
             }
             // Device nodes would need mknod, which builder pods do not have; sockets are no
             // files to ship.
