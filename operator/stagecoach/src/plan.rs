@@ -3,22 +3,60 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use stagecoach_dockerfile::planner::{self, PlanOptions};
+
+/// What names a Dockerfile and its targets, for `plan` and `build` alike.
+#[derive(Debug, clap::Args)]
+pub struct DockerfileArgs {
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// A stage to build (repeatable; default: the last stage).
+    #[arg(long = "target", value_name = "T")]
+    pub targets: Vec<String>,
+    /// A build argument KEY=VALUE (repeatable); KEY alone takes the value from the environment.
+    #[arg(long = "build-arg", value_name = "K=V")]
+    pub build_args: Vec<String>,
+}
+
+impl DockerfileArgs {
+    /// The Dockerfile's path: `-f`, else `CONTEXT/Dockerfile`.
+    pub fn path(&self, context: &Path) -> PathBuf {
+        self.file
+            .clone()
+            .unwrap_or_else(|| context.join("Dockerfile"))
+    }
+
+    /// Reads the Dockerfile (`-` is standard input); returns its text and the name messages
+    /// use for it.
+    pub fn read(&self, context: &Path) -> Result<(String, String), PlanError> {
+        let path = self.path(context);
+        if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|source| PlanError::Read {
+                    path: "standard input".into(),
+                    source,
+                })?;
+            return Ok((s, "standard input".into()));
+        }
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| PlanError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Ok((text, shown))
+    }
+}
 
 /// Arguments of `stagecoach plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    file: Option<PathBuf>,
-    /// A stage to build (repeatable; default: the last stage).
-    #[arg(long = "target", value_name = "T")]
-    targets: Vec<String>,
-    /// A build argument KEY=VALUE (repeatable); KEY alone takes the value from the environment.
-    #[arg(long = "build-arg", value_name = "K=V")]
-    build_args: Vec<String>,
+    #[command(flatten)]
+    dockerfile: DockerfileArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -93,29 +131,10 @@ pub fn parse_build_args(raw: &[String]) -> Result<BTreeMap<String, String>, Plan
 
 /// Runs `stagecoach plan`.
 pub fn run(args: &PlanArgs) -> Result<(), PlanError> {
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
-    let shown = path.display().to_string();
-    let text = if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|source| PlanError::Read {
-                path: "standard input".into(),
-                source,
-            })?;
-        s
-    } else {
-        std::fs::read_to_string(&path).map_err(|source| PlanError::Read {
-            path: shown.clone(),
-            source,
-        })?
-    };
+    let (text, shown) = args.dockerfile.read(&args.context)?;
     let options = PlanOptions {
-        targets: args.targets.clone(),
-        build_args: parse_build_args(&args.build_args)?,
+        targets: args.dockerfile.targets.clone(),
+        build_args: parse_build_args(&args.dockerfile.build_args)?,
         ..PlanOptions::default()
     };
     let plan = planner::plan_text(&text, &options).map_err(|source| PlanError::Plan {

@@ -14,8 +14,7 @@ mod pull;
 mod roots;
 mod stages;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use stagecoach_builder::context::BuildContext;
 use stagecoach_dockerfile::Dockerfile;
@@ -24,20 +23,13 @@ use stagecoach_oci::layout::OciLayoutWriter;
 use stagecoach_oci::registry::ImageRef;
 use stagecoach_oci::{ContentStore, Descriptor, ImageManifest};
 
-use crate::plan::parse_build_args;
+use crate::plan::{DockerfileArgs, parse_build_args};
 
 /// Arguments of `stagecoach build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads standard input).
-    #[arg(short = 'f', long = "file", value_name = "FILE")]
-    file: Option<PathBuf>,
-    /// A stage to build (repeatable; default: the last stage).
-    #[arg(long = "target", value_name = "T")]
-    targets: Vec<String>,
-    /// A build argument KEY=VALUE (repeatable); KEY alone takes the value from the environment.
-    #[arg(long = "build-arg", value_name = "K=V")]
-    build_args: Vec<String>,
+    #[command(flatten)]
+    dockerfile: DockerfileArgs,
     /// Where `--push` pushes the image (repeatable; one target only).
     #[arg(long = "tag", short = 't', value_name = "REF")]
     tags: Vec<String>,
@@ -210,27 +202,6 @@ fn source_date_epoch() -> Result<u64, BuildError> {
     }
 }
 
-/// Reads the Dockerfile: a path, or `-` for standard input. Returns its text and the name
-/// messages use.
-pub fn read_dockerfile(path: &Path) -> Result<(String, String), BuildError> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|source| BuildError::Read {
-                path: "standard input".into(),
-                source,
-            })?;
-        return Ok((s, "standard input".into()));
-    }
-    let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| BuildError::Read {
-        path: shown.clone(),
-        source,
-    })?;
-    Ok((text, shown))
-}
-
 /// One line of progress on standard error. Lines of parallel stages interleave whole.
 fn log(line: String) {
     eprintln!("{line}");
@@ -254,19 +225,19 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         .map(|t| ImageRef::parse(t).map_err(|e| BuildError::Usage(format!("--tag {t:?}: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let dockerfile_path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| args.context.join("Dockerfile"));
-    let (text, shown) = read_dockerfile(&dockerfile_path)?;
+    let dockerfile_path = args.dockerfile.path(&args.context);
+    let (text, shown) = args.dockerfile.read(&args.context).map_err(|e| match e {
+        crate::plan::PlanError::Read { path, source } => BuildError::Read { path, source },
+        other => BuildError::Usage(other.to_string()),
+    })?;
     let plan_err = |source| BuildError::Plan {
         path: shown.clone(),
         source,
     };
-    let build_args =
-        parse_build_args(&args.build_args).map_err(|e| BuildError::Usage(e.to_string()))?;
+    let build_args = parse_build_args(&args.dockerfile.build_args)
+        .map_err(|e| BuildError::Usage(e.to_string()))?;
     let options = PlanOptions {
-        targets: args.targets.clone(),
+        targets: args.dockerfile.targets.clone(),
         build_args: build_args.clone(),
         ..PlanOptions::default()
     };
