@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -1206,7 +1206,11 @@ impl<'a> StageExecutor<'a> {
         let state = &cursor.state;
         let history = state.run_history(run, &stage.args);
         let mut env = state.run_env(&stage.args);
-        let argv = run_argv(state, run);
+        let script = shebang_script(run);
+        let argv = match &script {
+            Some((path, _)) => vec![path.clone()],
+            None => run_argv(state, run),
+        };
         let cwd = if state.working_dir.is_empty() {
             "/".to_string()
         } else {
@@ -1273,7 +1277,16 @@ impl<'a> StageExecutor<'a> {
                 let cwd_path = rootpath::resolve(&ex.rootfs, &cwd, true)?.path;
                 fs::create_dir_all(&cwd_path).map_err(io_err("create", &cwd_path))?;
                 let mut request = request_base.clone();
-                let _scratch = ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?;
+                let mut _scratch =
+                    ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?;
+                if let Some((path, body)) = &script {
+                    let file = ex.write_script(body, &mut _scratch)?;
+                    request.mounts.push(RunMount::Bind {
+                        source: file,
+                        target: PathBuf::from(path),
+                        readonly: true,
+                    });
+                }
                 let stubs = Stubs::create(&ex.rootfs, &prepared)?;
                 let mut _locks = Vec::new();
                 for p in &prepared {
@@ -1607,6 +1620,29 @@ impl Drop for ScratchDirs {
 }
 
 impl StageExecutor<'_> {
+    /// Writes a `#!` heredoc script, executable, into a throw-away directory outside the root
+    /// (removed with `scratch`), for binding at `/dev/pipes/<name>`.
+    fn write_script(
+        &self,
+        body: &str,
+        scratch: &mut ScratchDirs,
+    ) -> Result<PathBuf, ExecutorError> {
+        let tmp = self.store.root().join("tmp");
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        let dir = tmp.join(format!(
+            "script-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+        scratch.0.push(dir.clone());
+        let file = dir.join("script");
+        fs::write(&file, body).map_err(io_err("write", &file))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &file))?;
+        Ok(file)
+    }
+
     /// Makes the copies read-write bind mounts need and points their mounts at them.
     fn materialize_rw_copies(
         &self,
@@ -1838,6 +1874,26 @@ fn run_argv(state: &ImageState, run: &Run) -> Vec<String> {
     }
     argv.push(script);
     argv
+}
+
+/// A `RUN <<EOF` whose body starts with `#!`: BuildKit runs such a script as a file, so its
+/// interpreter runs it, not the stage's shell. Returns the path it is bound at inside the
+/// container (`/dev/pipes/<name>`, as BuildKit) and its body.
+fn shebang_script(run: &Run) -> Option<(String, String)> {
+    let CommandLine::Shell(cmd) = &run.command else {
+        return None;
+    };
+    let [only] = run.heredocs.as_slice() else {
+        return None;
+    };
+    let body = only.body();
+    let safe_name = !only.name.is_empty()
+        && only
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    (is_bare_heredoc(cmd, only) && body.starts_with("#!") && safe_name)
+        .then(|| (format!("/dev/pipes/{}", only.name), body))
 }
 
 fn is_bare_heredoc(cmd: &str, h: &Heredoc) -> bool {

@@ -402,7 +402,11 @@ fn heredocs_args_in_from_and_build_arg_overrides() {
          set -e\n\
          mkdir -p /out\n\
          echo \"script saw $GREETING\" > /out/script.txt\n\
-         EOF\n",
+         EOF\n\
+         RUN <<AWK\n\
+         #!/bin/awk -f\n\
+         BEGIN { print \"awk ran the script\" > \"/out/awk.txt\" }\n\
+         AWK\n",
     )]);
     let cache = tempfile::tempdir().unwrap();
     let layout = tempfile::tempdir().unwrap();
@@ -417,6 +421,10 @@ fn heredocs_args_in_from_and_build_arg_overrides() {
     let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
     assert_eq!(read("etc/greeting"), "bonjour, world\n");
     assert_eq!(read("out/script.txt"), "script saw bonjour\n");
+    // A `#!` script runs under its interpreter (the shell would fail on `BEGIN {`), and the
+    // file it ran from is not left in the image.
+    assert_eq!(read("out/awk.txt"), "awk ran the script\n");
+    assert!(!root.path().join("dev/pipes").exists());
     // An ARG in FROM that names no image fails before anything runs, naming the image.
     let bad = build(&ctx, cache.path(), &["--build-arg", "BASE=no-such-image"]);
     assert_eq!(bad.out.status.code(), Some(1));
