@@ -22,6 +22,9 @@ use stagecoach_oci::{ContentStore, Digest};
 
 use super::{BuildError, log};
 
+/// Room for `lowerdir=` in the mount options, which must fit in one page with the rest.
+const MAX_LOWERDIR: usize = 3 * 1024;
+
 /// Applies `layers` onto `root` in order, checking each diffID.
 pub fn apply_layers(
     store: &ContentStore,
@@ -119,11 +122,12 @@ impl RootCache {
         self.overlay.load(Ordering::Relaxed)
     }
 
-    /// Mounts an overlay at `stage_dir/rootfs` with `lower` beneath; `None` when overlay
-    /// mounts do not work here (said once), and the caller unpacks instead.
+    /// Mounts an overlay at `stage_dir/rootfs` with `lowers` (top first) beneath; `None` when
+    /// overlay mounts do not work here (said once), or the stack is too long for one mount,
+    /// and the caller unpacks instead.
     pub fn mount_stage(
         &self,
-        lower: &Path,
+        lowers: &[PathBuf],
         stage_dir: &Path,
     ) -> Result<Option<PathBuf>, BuildError> {
         if !self.overlay.load(Ordering::Relaxed) {
@@ -135,33 +139,97 @@ impl RootCache {
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(io_err("create", d))?;
         }
-        let paths = [lower, &upper, &work];
-        // The option string cannot quote these characters.
-        if paths
-            .iter()
-            .any(|p| p.to_string_lossy().contains([',', ':', '\\']))
-        {
-            self.disable("the cache path contains ',', ':' or '\\'");
+        let Some(lowerdir) = self.lowerdir(lowers)? else {
             return Ok(None);
-        }
-        let data = std::ffi::CString::new(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
+        };
+        let data = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
             upper.display(),
             work.display()
-        ))
-        .map_err(|e| io_err("mount an overlay at", &merged)(std::io::Error::other(e)))?;
+        );
+        Ok(self.mount(&merged, &data)?.then_some(merged))
+    }
+
+    /// Makes a finished stage's root read-only: remounts it with its upper directory as one
+    /// more lower layer. Returns the new stack (top first) for stages built on it, or
+    /// `None` (the root stays as it is) when that cannot be done.
+    pub fn freeze(
+        &self,
+        stage_dir: &Path,
+        lowers: &[PathBuf],
+    ) -> Result<Option<Vec<PathBuf>>, BuildError> {
+        let merged = stage_dir.join("rootfs");
+        let mut stack = vec![stage_dir.join("upper")];
+        stack.extend(lowers.iter().cloned());
+        let Some(lowerdir) = self.lowerdir(&stack)? else {
+            return Ok(None);
+        };
+        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| io_err("unmount", &merged)(e.into()))?;
+        // Without an upper directory overlay mounts read-only.
+        if self.mount(&merged, &format!("lowerdir={lowerdir}"))? {
+            return Ok(Some(stack));
+        }
+        // Put the writable mount back: later stages may still read this root.
+        let restore = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            stack[1..]
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(":"),
+            stage_dir.join("upper").display(),
+            stage_dir.join("overlay-work").display()
+        );
+        if self.mount_anyway(&merged, &restore)? {
+            Ok(None)
+        } else {
+            Err(io_err("remount", &merged)(std::io::Error::other(
+                "overlay refused the stage's own layers again",
+            )))
+        }
+    }
+
+    /// The `lowerdir=` value for `lowers`, or `None` when a path cannot be written in mount
+    /// options or the whole would not fit in them (one page).
+    fn lowerdir(&self, lowers: &[PathBuf]) -> Result<Option<String>, BuildError> {
+        let mut parts = Vec::with_capacity(lowers.len());
+        for p in lowers {
+            let text = p.to_string_lossy();
+            // The option string cannot quote these characters.
+            if text.contains([',', ':', '\\']) {
+                self.disable("the cache path contains ',', ':' or '\\'");
+                return Ok(None);
+            }
+            parts.push(text.into_owned());
+        }
+        let joined = parts.join(":");
+        Ok((joined.len() < MAX_LOWERDIR).then_some(joined))
+    }
+
+    /// Mounts an overlay; false (after saying why, once, and turning overlay off for the
+    /// rest of the build) when the kernel refuses.
+    fn mount(&self, target: &Path, data: &str) -> Result<bool, BuildError> {
+        if !self.overlay.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.mount_anyway(target, data)
+    }
+
+    fn mount_anyway(&self, target: &Path, data: &str) -> Result<bool, BuildError> {
+        let data = std::ffi::CString::new(data)
+            .map_err(|e| io_err("mount an overlay at", target)(std::io::Error::other(e)))?;
         match rustix::mount::mount(
             "overlay",
-            &merged,
+            target,
             "overlay",
             rustix::mount::MountFlags::empty(),
             data.as_c_str(),
         ) {
-            Ok(()) => Ok(Some(merged)),
+            Ok(()) => Ok(true),
             Err(e) => {
                 self.disable(&format!("mount overlay: {e}"));
-                Ok(None)
+                Ok(false)
             }
         }
     }

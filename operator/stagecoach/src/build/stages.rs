@@ -24,6 +24,10 @@ use super::pull::Pulled;
 use super::roots::{RootCache, apply_layers, unmount_all_under};
 use super::{BuildError, log};
 
+/// Read-only directories (top first) an overlay stacks to show a root, and how many of the
+/// stage's layers they hold.
+type Lowers = Option<(Vec<PathBuf>, usize)>;
+
 /// A finished stage: what a target's image or a later `FROM <stage>` needs.
 #[derive(Debug, Clone)]
 pub struct Done {
@@ -33,9 +37,11 @@ pub struct Done {
     pub config: ImageConfig,
     /// All its layers, the base's first.
     pub layers: Vec<LayerRecord>,
-    /// The cached unpacked image at the bottom of its `FROM` chain, and how many of
-    /// `layers` that covers: a stage built on this one mounts it as its lower layer.
-    pub lower: Option<(PathBuf, usize)>,
+    /// Read-only directories (top first) whose overlay shows this stage's final root, and
+    /// how many of `layers` they cover: a stage built on this one mounts them as its lower
+    /// layers. After the stage, that is its own upper directory over its lowers; without
+    /// overlay, nothing.
+    pub lower: Lowers,
 }
 
 /// The build's scratch space: one directory per stage root, runc bundles and state. Removed
@@ -254,18 +260,18 @@ impl Run<'_> {
 
     /// Makes the stage's root: an overlay over the cached unpacked image at the bottom of
     /// its `FROM` chain with the remaining layers applied, or, without overlay, a plain
-    /// directory with all of them applied. Returns the root and the lower layer used.
+    /// directory with all of them applied. Returns the root and the lower layers used.
     fn prepare_root(
         &self,
         index: usize,
         work: &WorkDir,
         base: &BaseImage,
-        lower: Option<(PathBuf, usize)>,
+        lower: Lowers,
         label: &str,
-    ) -> Result<(PathBuf, Option<(PathBuf, usize)>), BuildError> {
+    ) -> Result<(PathBuf, Lowers), BuildError> {
         let t0 = std::time::Instant::now();
-        if let Some((lower_root, covered)) = &lower
-            && let Some(root) = self.roots.mount_stage(lower_root, &work.stage_dir(index))?
+        if let Some((lowers, covered)) = &lower
+            && let Some(root) = self.roots.mount_stage(lowers, &work.stage_dir(index))?
         {
             let rest = base.layers.get(*covered..).unwrap_or_default();
             apply_layers(self.store, &root, rest, label)?;
@@ -290,7 +296,8 @@ impl Run<'_> {
                 t0.elapsed().as_secs_f64()
             ));
         }
-        Ok((root, lower))
+        // A plain directory: nothing for stages built on this one to stack.
+        Ok((root, None))
     }
 
     fn run_stage(
@@ -321,7 +328,7 @@ impl Run<'_> {
                         &pulled.base.layers,
                         &label,
                     )?;
-                    Some((root, pulled.base.layers.len()))
+                    Some((vec![root], pulled.base.layers.len()))
                 } else {
                     None
                 };
@@ -382,6 +389,15 @@ impl Run<'_> {
         let outcome = executor.run(&spec, &mut progress);
         match (outcome.error, outcome.config) {
             (None, Some(config)) => {
+                // Children built on this stage stack its upper directory over its lowers
+                // instead of applying its layers again; the root becomes read-only.
+                let lower = match lower {
+                    Some((lowers, _)) => self
+                        .roots
+                        .freeze(&work.stage_dir(index), &lowers)?
+                        .map(|stack| (stack, outcome.result.layers.len())),
+                    None => None,
+                };
                 log(format!(
                     "[{label}] done in {:.1}s, {} of {} steps cached",
                     outcome.result.duration_ms as f64 / 1000.0,
