@@ -30,7 +30,9 @@ pub enum FetchError {
         url: String,
     },
     /// `--checksum` is not `sha256:<64 hex digits>`.
-    #[error("invalid checksum {value:?}: expected sha256:<64 hex digits>")]
+    #[error(
+        "invalid checksum {value:?}: expected sha256:<64 hex digits>, sha384:<96> or sha512:<128>"
+    )]
     BadChecksum {
         /// The value as given.
         value: String,
@@ -192,16 +194,57 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Checks a `--checksum` value: `sha256:` and 64 hex digits (lower-cased on return).
+/// Checks a `--checksum` value: `sha256:`, `sha384:` or `sha512:` and that many hex digits
+/// (lower-cased on return), the algorithms BuildKit takes.
 pub fn parse_checksum(value: &str) -> Result<String, FetchError> {
     let bad = || FetchError::BadChecksum {
         value: value.to_string(),
     };
-    let hex = value.strip_prefix("sha256:").ok_or_else(bad)?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let (algorithm, hex) = value.split_once(':').ok_or_else(bad)?;
+    let digits = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(bad()),
+    };
+    if hex.len() != digits || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad());
     }
-    Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
+    Ok(format!("{algorithm}:{}", hex.to_ascii_lowercase()))
+}
+
+/// The digest of the kind `--checksum` asked for, computed alongside the SHA-256 every
+/// download gets (the cache key uses that one).
+enum ExtraHash {
+    None,
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl ExtraHash {
+    fn for_checksum(checksum: Option<&str>) -> Self {
+        match checksum.and_then(|c| c.split_once(':')).map(|(a, _)| a) {
+            Some("sha384") => ExtraHash::Sha384(sha2::Sha384::new()),
+            Some("sha512") => ExtraHash::Sha512(sha2::Sha512::new()),
+            _ => ExtraHash::None,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            ExtraHash::None => {}
+            ExtraHash::Sha384(h) => h.update(bytes),
+            ExtraHash::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    fn finish(self, sha256: &str) -> String {
+        match self {
+            ExtraHash::None => sha256.to_string(),
+            ExtraHash::Sha384(h) => format!("sha384:{}", hex(&h.finalize())),
+            ExtraHash::Sha512(h) => format!("sha512:{}", hex(&h.finalize())),
+        }
+    }
 }
 
 /// Parses an HTTP date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`, the form servers must
@@ -298,6 +341,7 @@ pub fn fetch(url: &str, path: &Path, checksum: Option<&str>) -> Result<Download,
         .open(path)
         .map_err(io_err)?;
     let mut hasher = Sha256::new();
+    let mut extra = ExtraHash::for_checksum(checksum);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match body.read(&mut buf) {
@@ -312,17 +356,19 @@ pub fn fetch(url: &str, path: &Path, checksum: Option<&str>) -> Result<Download,
             }
         };
         hasher.update(&buf[..n]);
+        extra.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(io_err)?;
     }
     file.sync_all().map_err(io_err)?;
     let digest = format!("sha256:{}", hex(&hasher.finalize()));
+    let checked = extra.finish(&digest);
     if let Some(expected) = checksum
-        && expected != digest
+        && expected != checked
     {
         return Err(FetchError::ChecksumMismatch {
             url: url.to_string(),
             expected: expected.to_string(),
-            got: digest,
+            got: checked,
         });
     }
     Ok(Download {
@@ -381,5 +427,12 @@ mod tests {
         );
         assert!(parse_checksum("sha256:abc").is_err());
         assert!(parse_checksum(&format!("md5:{hex}")).is_err());
+        let long = "B".repeat(128);
+        assert_eq!(
+            parse_checksum(&format!("sha512:{long}")).unwrap(),
+            format!("sha512:{}", "b".repeat(128))
+        );
+        assert!(parse_checksum(&format!("sha384:{}", "c".repeat(96))).is_ok());
+        assert!(parse_checksum(&format!("sha384:{long}")).is_err());
     }
 }

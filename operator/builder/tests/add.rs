@@ -670,6 +670,45 @@ fn add_url_checksum_chown_and_chmod() {
 }
 
 #[test]
+fn add_url_checksum_takes_sha384_and_sha512() {
+    use sha2::Digest as _;
+    let server = Server::start(b"payload");
+    let ctx = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(store_dir.path()).unwrap();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let sha384 = format!("sha384:{}", hex(&sha2::Sha384::digest(b"payload")));
+    let sha512 = format!("sha512:{}", hex(&sha2::Sha512::digest(b"payload")));
+    for good in [&sha384, &sha512] {
+        let b = build(
+            &format!(
+                "FROM scratch\nADD --checksum={good} {} /tool\n",
+                server.url("/tool")
+            ),
+            ctx.path(),
+            &store,
+        );
+        ok(&b);
+        assert_eq!(
+            std::fs::read(b.root.path().join("tool")).unwrap(),
+            b"payload"
+        );
+    }
+    let wrong = format!("sha512:{}", hex(&sha2::Sha512::digest(b"other")));
+    let b = build(
+        &format!(
+            "FROM scratch\nADD --checksum={wrong} {} /tool\n",
+            server.url("/tool")
+        ),
+        ctx.path(),
+        &store,
+    );
+    let err = b.outcome.error.as_ref().expect("a mismatch fails");
+    assert_eq!(err.reason(), "ChecksumMismatch");
+    assert!(err.to_string().contains(&format!("got {sha512}")), "{err}");
+}
+
+#[test]
 fn git_sources_stay_unsupported() {
     let ctx = tempfile::tempdir().unwrap();
     let store_dir = tempfile::tempdir().unwrap();
