@@ -619,6 +619,14 @@ impl StageOutcome {
     }
 }
 
+/// Takes a cache hit's layer into the root without extracting it (an overlay stack on one
+/// machine). Asked only while every step so far was a hit, so the root is exactly the base
+/// plus the hit layers; `Ok(false)` means "extract it as usual".
+pub trait HitStacker: Send + Sync {
+    /// Makes `layer` the root's top layer.
+    fn stack(&self, layer: &LayerRecord) -> Result<bool, String>;
+}
+
 /// Runs stages over one root directory.
 pub struct StageExecutor<'a> {
     store: &'a ContentStore,
@@ -628,6 +636,7 @@ pub struct StageExecutor<'a> {
     runner: &'a dyn Runner,
     stages: BTreeMap<usize, StageSource>,
     secrets: BTreeMap<String, PathBuf>,
+    stacker: Option<&'a dyn HitStacker>,
     options: ExecutorOptions,
 }
 
@@ -666,6 +675,8 @@ struct Step<'s> {
 struct Cursor {
     state: ImageState,
     parent_key: String,
+    /// Every file step so far was a cache hit (the root is the base plus hit layers).
+    only_hits: bool,
     /// The walk of the root as it is now; `None` after something changed it without a walk.
     baseline: Option<Snapshot>,
 }
@@ -695,6 +706,7 @@ impl<'a> StageExecutor<'a> {
             runner,
             stages: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            stacker: None,
             options,
         })
     }
@@ -702,6 +714,12 @@ impl<'a> StageExecutor<'a> {
     /// Makes another stage's exported root available by index.
     pub fn with_stage(mut self, index: usize, source: StageSource) -> Self {
         self.stages.insert(index, source);
+        self
+    }
+
+    /// Takes cache hits through `stacker` while the stage has only hit.
+    pub fn with_stacker(mut self, stacker: &'a dyn HitStacker) -> Self {
+        self.stacker = Some(stacker);
         self
     }
 
@@ -794,6 +812,7 @@ impl<'a> StageExecutor<'a> {
         let mut cursor = Cursor {
             state,
             parent_key,
+            only_hits: true,
             baseline: None,
         };
         let total = all.len();
@@ -1347,15 +1366,27 @@ impl<'a> StageExecutor<'a> {
             && self.entry_usable(&entry)?
         {
             if let Some(layer) = &entry.layer {
-                let digest = parse_digest(&layer.digest, &self.rootfs)?;
-                let diff_id = parse_digest(&layer.diff_id, &self.rootfs)?;
-                apply_layer_blob(
-                    self.store,
-                    &digest,
-                    Some(&diff_id),
-                    &self.rootfs,
-                    &self.options.apply,
-                )?;
+                let stacked = match self.stacker {
+                    Some(stacker) if cursor.only_hits => {
+                        stacker.stack(layer).map_err(|message| ExecutorError::Io {
+                            action: "stack a cached layer onto",
+                            path: self.rootfs.clone(),
+                            source: io::Error::other(message),
+                        })?
+                    }
+                    _ => false,
+                };
+                if !stacked {
+                    let digest = parse_digest(&layer.digest, &self.rootfs)?;
+                    let diff_id = parse_digest(&layer.diff_id, &self.rootfs)?;
+                    apply_layer_blob(
+                        self.store,
+                        &digest,
+                        Some(&diff_id),
+                        &self.rootfs,
+                        &self.options.apply,
+                    )?;
+                }
                 cursor.baseline = None;
                 record.new_layers.push(layer.clone());
             }
@@ -1366,6 +1397,7 @@ impl<'a> StageExecutor<'a> {
                 cached: true,
             });
         }
+        cursor.only_hits = false;
         let mut options = SnapshotOptions::for_root(&self.rootfs, &self.options.own_dirs)?;
         for e in excluded {
             options.exclude(e);

@@ -517,6 +517,14 @@ fn an_unchanged_build_hits_the_cache_and_a_changed_file_reruns_only_later_steps(
     );
     assert_eq!(third.steps(false), ["[stage-0] #4", "[stage-0] #5"]);
     assert_ne!(third.result("stage-0"), second.result("stage-0"));
+    // Hits taken as overlay layers, then misses on top, give the image a fresh build gives.
+    let fourth = build(&ctx, cache.path(), &[]);
+    fourth.assert_ok();
+    let fresh = tempfile::tempdir().unwrap();
+    let scratch_build = build(&ctx, fresh.path(), &[]);
+    scratch_build.assert_ok();
+    assert_eq!(fourth.result("stage-0"), third.result("stage-0"));
+    assert_eq!(scratch_build.result("stage-0"), third.result("stage-0"));
 }
 
 #[test]

@@ -263,3 +263,170 @@ pub fn unmount_all_under(dir: &Path) {
         }
     }
 }
+
+/// Cache hits taken as overlay layers: each hit layer is unpacked once, ever, into
+/// `roots/chains/<chain ID>` (its changes relative to the chain below, in overlay's own
+/// format) and the stage root is remounted with it on top. Only while the stage has only hit
+/// (the executor asks no later), so the root is exactly its chain and the directory is valid
+/// for every build that reaches the same chain.
+#[derive(Debug)]
+pub struct ChainStack<'a> {
+    roots: &'a RootCache,
+    store: &'a ContentStore,
+    stage_dir: PathBuf,
+    state: std::sync::Mutex<StackState>,
+}
+
+#[derive(Debug, Clone)]
+struct StackState {
+    chain: Digest,
+    lowers: Vec<PathBuf>,
+}
+
+impl<'a> ChainStack<'a> {
+    /// A stack for the root mounted in `stage_dir`, whose lowers `lowers` (top first) show
+    /// exactly the chain `chain`.
+    pub fn new(
+        roots: &'a RootCache,
+        store: &'a ContentStore,
+        stage_dir: &Path,
+        chain: Digest,
+        lowers: Vec<PathBuf>,
+    ) -> Self {
+        ChainStack {
+            roots,
+            store,
+            stage_dir: stage_dir.to_owned(),
+            state: std::sync::Mutex::new(StackState { chain, lowers }),
+        }
+    }
+
+    /// The current chain and lowers.
+    pub fn current(&self) -> (Digest, Vec<PathBuf>) {
+        let st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (st.chain.clone(), st.lowers.clone())
+    }
+
+    fn stack_inner(&self, layer: &LayerRecord) -> Result<bool, BuildError> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let err = |m: String| BuildError::Io {
+            action: "stack a layer in",
+            path: self.stage_dir.display().to_string(),
+            source: std::io::Error::other(m),
+        };
+        let digest = Digest::parse(&layer.digest).map_err(|e| err(e.to_string()))?;
+        let diff_id = Digest::parse(&layer.diff_id).map_err(|e| err(e.to_string()))?;
+        let next = Digest::of_bytes(format!("{} {diff_id}", st.chain).as_bytes());
+        let upper = self.stage_dir.join("upper");
+        let upper_empty = std::fs::read_dir(&upper)
+            .map_err(io_err("read", &upper))?
+            .next()
+            .is_none();
+        let mut lowers = vec![self.roots.dir.join("chains").join(next.hex())];
+        lowers.extend(st.lowers.iter().cloned());
+        if !upper_empty || self.roots.lowerdir(&lowers)?.is_none() {
+            return Ok(false);
+        }
+        if !lowers[0].is_dir()
+            && !self
+                .roots
+                .make_chain(self.store, &st.lowers, &digest, &diff_id, &lowers[0])?
+        {
+            return Ok(false);
+        }
+        let merged = self.stage_dir.join("rootfs");
+        let Some(lowerdir) = self.roots.lowerdir(&lowers)? else {
+            return Ok(false);
+        };
+        rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| io_err("unmount", &merged)(e.into()))?;
+        let work = self.stage_dir.join("overlay-work");
+        let data = |lowerdir: &str| {
+            format!(
+                "lowerdir={lowerdir},upperdir={},workdir={}",
+                upper.display(),
+                work.display()
+            )
+        };
+        if self.roots.mount_anyway(&merged, &data(&lowerdir))? {
+            st.chain = next;
+            st.lowers = lowers;
+            return Ok(true);
+        }
+        // Put the previous stack back and let the executor extract the layer.
+        let previous = self.roots.lowerdir(&st.lowers)?.unwrap_or_default();
+        if self.roots.mount_anyway(&merged, &data(&previous))? {
+            Ok(false)
+        } else {
+            Err(err(
+                "overlay refused the stage's previous layers again".into()
+            ))
+        }
+    }
+}
+
+impl stagecoach_builder::executor::HitStacker for ChainStack<'_> {
+    fn stack(&self, layer: &LayerRecord) -> Result<bool, String> {
+        self.stack_inner(layer).map_err(|e| e.to_string())
+    }
+}
+
+impl RootCache {
+    /// Unpacks the layer `digest` over the stack `lowers` into the chain directory `dir`:
+    /// extracted through an overlay mount, so the kernel records deletions as whiteouts and
+    /// copies parent directories' metadata up. False when the mount is refused.
+    fn make_chain(
+        &self,
+        store: &ContentStore,
+        lowers: &[PathBuf],
+        digest: &Digest,
+        diff_id: &Digest,
+        dir: &Path,
+    ) -> Result<bool, BuildError> {
+        let chains = self.dir.join("chains");
+        std::fs::create_dir_all(&chains).map_err(io_err("create", &chains))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".make-")
+            .tempdir_in(&chains)
+            .map_err(io_err("create a directory in", &chains))?;
+        let (upper, work, mnt) = (
+            tmp.path().join("upper"),
+            tmp.path().join("work"),
+            tmp.path().join("mnt"),
+        );
+        for d in [&upper, &work, &mnt] {
+            std::fs::create_dir(d).map_err(io_err("create", d))?;
+        }
+        let Some(lowerdir) = self.lowerdir(lowers)? else {
+            return Ok(false);
+        };
+        let data = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        if !self.mount_anyway(&mnt, &data)? {
+            return Ok(false);
+        }
+        let applied =
+            apply_layer_blob(store, digest, Some(diff_id), &mnt, &ApplyOptions::default());
+        rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty())
+            .map_err(|e| io_err("unmount", &mnt)(e.into()))?;
+        applied.map_err(|e| BuildError::Stage {
+            stage: "cache".into(),
+            message: format!("unpacking layer {digest} into the chain cache: {e}"),
+        })?;
+        match std::fs::rename(&upper, dir) {
+            Ok(()) => Ok(true),
+            // Another build made the same chain first.
+            Err(_) if dir.is_dir() => Ok(true),
+            Err(e) => Err(io_err("rename into", dir)(e)),
+        }
+    }
+}

@@ -18,10 +18,10 @@ use stagecoach_builder::image_state::ArgSource;
 use stagecoach_builder::runc::RuncRunner;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{Base, Plan};
-use stagecoach_oci::{ContentStore, ImageConfig};
+use stagecoach_oci::{ContentStore, Digest, ImageConfig};
 
 use super::pull::Pulled;
-use super::roots::{RootCache, apply_layers, unmount_all_under};
+use super::roots::{ChainStack, RootCache, apply_layers, unmount_all_under};
 use super::{BuildError, log};
 
 /// Read-only directories (top first) an overlay stacks to show a root, and how many of the
@@ -42,6 +42,9 @@ pub struct Done {
     /// layers. After the stage, that is its own upper directory over its lowers; without
     /// overlay, nothing.
     pub lower: Lowers,
+    /// The chain ID its root is exactly (every step a cache hit), for stacking the hits of
+    /// a stage built on it.
+    pub chain: Option<Digest>,
 }
 
 /// The build's scratch space: one directory per stage root, runc bundles and state. Removed
@@ -345,7 +348,29 @@ impl Run<'_> {
                 (base, parent.lower.clone())
             }
         };
+        let chain = match &planned.base {
+            Base::Image(_) => {
+                let diff_ids = base
+                    .config
+                    .as_ref()
+                    .map(|c| c.rootfs.diff_ids.clone())
+                    .unwrap_or_default();
+                stagecoach_oci::chain_ids(&diff_ids).pop()
+            }
+            Base::Stage(j) => done.get(j).and_then(|d| d.chain.clone()),
+            Base::Scratch => None,
+        };
         let (root, lower) = self.prepare_root(index, work, &base, lower, &label)?;
+        let stack = match (&lower, chain) {
+            (Some((lowers, _)), Some(chain)) => Some(ChainStack::new(
+                self.roots,
+                self.store,
+                &work.stage_dir(index),
+                chain,
+                lowers.clone(),
+            )),
+            _ => None,
+        };
         let options = ExecutorOptions {
             no_cache: self.no_cache,
             source_date_epoch: self.source_date_epoch,
@@ -353,6 +378,9 @@ impl Run<'_> {
         };
         let mut executor = StageExecutor::new(self.store, &root, self.context, runner, options)
             .map_err(|e| stage_err(e.to_string()))?;
+        if let Some(stack) = &stack {
+            executor = executor.with_stacker(stack);
+        }
         for &j in &planned.depends_on {
             executor = executor.with_stage(
                 j,
@@ -391,6 +419,19 @@ impl Run<'_> {
             (None, Some(config)) => {
                 // Children built on this stage stack its upper directory over its lowers
                 // instead of applying its layers again; the root becomes read-only.
+                // Hits may have stacked more lowers; an empty upper means the root is
+                // exactly that chain.
+                let (lower, chain) = match (&stack, lower) {
+                    (Some(stack), Some(_)) => {
+                        let (chain, lowers) = stack.current();
+                        let upper = work.stage_dir(index).join("upper");
+                        let pure = std::fs::read_dir(&upper)
+                            .map(|mut d| d.next().is_none())
+                            .unwrap_or(false);
+                        (Some((lowers, 0)), pure.then_some(chain))
+                    }
+                    (_, lower) => (lower, None),
+                };
                 let lower = match lower {
                     Some((lowers, _)) => self
                         .roots
@@ -409,6 +450,7 @@ impl Run<'_> {
                     config,
                     layers: outcome.result.layers,
                     lower,
+                    chain,
                 })
             }
             (Some(error), _) => {
