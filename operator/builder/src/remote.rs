@@ -12,6 +12,7 @@
 //! client use) and the webpki roots, so no second crypto library enters the build. Git
 //! sources are recognised only to be refused clearly.
 
+use stagecoach_protocol::reason::StageReason;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -83,16 +84,16 @@ pub enum FetchError {
 
 impl FetchError {
     /// A stable reason for status, events and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> StageReason {
         match self {
-            FetchError::Git { .. } => "Unsupported",
+            FetchError::Git { .. } => StageReason::Unsupported,
             FetchError::BadChecksum { .. } | FetchError::ChecksumNeedsUrl { .. } => {
-                "InvalidInstruction"
+                StageReason::InvalidInstruction
             }
             FetchError::Request { .. } | FetchError::Status { .. } | FetchError::Io { .. } => {
-                "DownloadFailed"
+                StageReason::DownloadFailed
             }
-            FetchError::ChecksumMismatch { .. } => "ChecksumMismatch",
+            FetchError::ChecksumMismatch { .. } => StageReason::ChecksumMismatch,
         }
     }
 

@@ -18,7 +18,7 @@ use stagecoach_builder::image_state::ArgSource;
 use stagecoach_builder::runner::{RunMount, RunOutcome, RunRequest, Runner, RunnerError};
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_oci::layer::apply_layer_blob;
-use stagecoach_oci::{ApplyOptions, Compression, ContentStore, Digest, ImageConfig};
+use stagecoach_oci::{ApplyOptions, Compression, ContentStore, ImageConfig};
 
 /// Interprets a tiny command language, `;`-separated, so tests can say what "the process"
 /// does: `write PATH TEXT` (`$NAME` in TEXT from the request's env), `rm PATH`, `rmdir PATH`,
@@ -182,8 +182,8 @@ fn unpack(store: &ContentStore, result: &StageResult) -> (tempfile::TempDir, u64
     for l in &result.layers {
         let stats = apply_layer_blob(
             store,
-            &Digest::parse(&l.digest).unwrap(),
-            Some(&Digest::parse(&l.diff_id).unwrap()),
+            &l.digest,
+            Some(&l.diff_id),
             dir.path(),
             &ApplyOptions::default(),
         )
@@ -245,7 +245,7 @@ fn tree(root: &Path) -> BTreeMap<String, String> {
 }
 
 fn config(store: &ContentStore, result: &StageResult) -> ImageConfig {
-    let digest = Digest::parse(result.config_digest.as_ref().unwrap()).unwrap();
+    let digest = result.config_digest.clone().unwrap();
     ImageConfig::from_json(&store.read_to_vec(&digest, 1 << 20).unwrap()).unwrap()
 }
 
@@ -344,7 +344,7 @@ fn a_stage_produces_layers_that_rebuild_its_root() {
     assert_eq!(created[6], ("LABEL a=b".to_string(), true));
     assert_eq!(c.rootfs.diff_ids.len(), 5);
     for (d, l) in c.rootfs.diff_ids.iter().zip(&r.layers) {
-        assert_eq!(d.as_str(), l.diff_id);
+        assert_eq!(*d, l.diff_id);
     }
     let cc = c.config.unwrap();
     assert_eq!(cc.working_dir.as_deref(), Some("/work"));
@@ -450,7 +450,7 @@ fn a_failing_run_stops_the_stage_with_its_code_and_tail() {
     );
     let r = &b.outcome.result;
     assert_eq!(r.outcome, Outcome::Failed);
-    assert_eq!(r.reason.as_deref(), Some("RunFailed"));
+    assert_eq!(r.reason.map(|r| r.as_str()), Some("RunFailed"));
     assert_eq!(r.exit_code, 1);
     assert_eq!(b.outcome.exit_code(), ExitCode::InstructionFailed);
     let f = r.failed_step.as_ref().unwrap();
@@ -552,7 +552,7 @@ fn a_secret_is_mounted_for_one_run_and_never_lands_in_a_layer() {
     let t = tree(unpacked.path());
     assert_eq!(t.keys().collect::<Vec<_>>(), ["out"]);
     for l in &b.outcome.result.layers {
-        let blob = std::fs::read(store.blob_path(&Digest::parse(&l.digest).unwrap())).unwrap();
+        let blob = std::fs::read(store.blob_path(&l.digest)).unwrap();
         assert!(!blob.windows(12).any(|w| w == b"s3cr3t-value"));
     }
     // A required secret that is missing is bad input.
@@ -565,7 +565,7 @@ fn a_secret_is_mounted_for_one_run_and_never_lands_in_a_layer() {
     );
     assert_eq!(missing.outcome.exit_code(), ExitCode::BadInput);
     assert_eq!(
-        missing.outcome.result.reason.as_deref(),
+        missing.outcome.result.reason.map(|r| r.as_str()),
         Some("MissingInput")
     );
 }
@@ -775,7 +775,7 @@ fn a_read_write_bind_mount_gets_a_throw_away_copy() {
 fn a_long_result_fits_a_termination_message() {
     let result = StageResult {
         outcome: Outcome::Failed,
-        reason: Some("RunFailed".into()),
+        reason: Some(stagecoach_builder::executor::StageReason::RunFailed),
         message: Some("m".repeat(3000)),
         failed_step: Some(stagecoach_builder::executor::FailedStep {
             instruction: "RUN x".into(),
@@ -794,7 +794,7 @@ fn a_long_result_fits_a_termination_message() {
     let json = result.to_json_within(4096);
     assert!(json.len() <= 4096);
     let back: StageResult = serde_json::from_slice(&json).unwrap();
-    assert_eq!(back.reason.as_deref(), Some("RunFailed"));
+    assert_eq!(back.reason.map(|r| r.as_str()), Some("RunFailed"));
     assert_eq!(back.failed_step.unwrap().exit_code, Some(1));
 }
 
@@ -890,7 +890,7 @@ mod real_runc {
         });
         let r = &outcome.result;
         assert_eq!(
-            r.reason.as_deref(),
+            r.reason.map(|r| r.as_str()),
             Some("RunFailed"),
             "{:?}",
             outcome.error
@@ -904,7 +904,7 @@ mod real_runc {
         let one = tempfile::tempdir().unwrap();
         apply_layer_blob(
             &store,
-            &Digest::parse(&r.layers[0].digest).unwrap(),
+            &r.layers[0].digest,
             None,
             one.path(),
             &ApplyOptions::default(),
@@ -918,7 +918,7 @@ mod real_runc {
         let two = tempfile::tempdir().unwrap();
         apply_layer_blob(
             &store,
-            &Digest::parse(&r.layers[1].digest).unwrap(),
+            &r.layers[1].digest,
             None,
             two.path(),
             &ApplyOptions::default(),
@@ -931,7 +931,7 @@ mod real_runc {
         for l in &r.layers {
             apply_layer_blob(
                 &store,
-                &Digest::parse(&l.digest).unwrap(),
+                &l.digest,
                 None,
                 initial.path(),
                 &ApplyOptions::default(),

@@ -112,6 +112,12 @@ pub struct Descriptor {
     pub extra: BTreeMap<String, Value>,
 }
 
+impl From<&stagecoach_protocol::LayerRecord> for Descriptor {
+    fn from(layer: &stagecoach_protocol::LayerRecord) -> Self {
+        Descriptor::new(&layer.media_type, layer.digest.clone(), layer.size)
+    }
+}
+
 impl Descriptor {
     /// A descriptor with only the three required fields.
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Self {

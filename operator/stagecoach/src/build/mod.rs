@@ -380,7 +380,7 @@ fn assemble(store: &ContentStore, stage: &stages::Done) -> Result<(Descriptor, u
     store.put_bytes(&config_bytes)?;
     let mut layers = Vec::with_capacity(stage.layers.len());
     for layer in &stage.layers {
-        layers.push(layer.descriptor().map_err(|e| output_err(e.to_string()))?);
+        layers.push(Descriptor::from(layer));
     }
     let manifest = ImageManifest::new(config_desc.clone(), layers);
     let (bytes, desc) = manifest.to_blob().map_err(|e| output_err(e.to_string()))?;

@@ -128,8 +128,8 @@ fn base_image(
         .zip(&config.rootfs.diff_ids)
         .map(|(layer, diff_id)| LayerRecord {
             media_type: media_type::to_oci(&layer.media_type).to_string(),
-            digest: layer.digest.to_string(),
-            diff_id: diff_id.to_string(),
+            digest: layer.digest.clone(),
+            diff_id: diff_id.clone(),
             size: layer.size,
         })
         .collect();

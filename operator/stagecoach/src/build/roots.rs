@@ -25,6 +25,15 @@ use super::{BuildError, log};
 /// Room for `lowerdir=` in the mount options, which must fit in one page with the rest.
 const MAX_LOWERDIR: usize = 3 * 1024;
 
+/// The options of a writable overlay mount.
+fn overlay_data(lowerdir: &str, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    )
+}
+
 /// Applies `layers` onto `root` in order, checking each diffID.
 pub fn apply_layers(
     store: &ContentStore,
@@ -37,8 +46,8 @@ pub fn apply_layers(
         message,
     };
     for layer in layers {
-        let digest = Digest::parse(&layer.digest).map_err(|e| err(e.to_string()))?;
-        let diff_id = Digest::parse(&layer.diff_id).map_err(|e| err(e.to_string()))?;
+        let digest = layer.digest.clone();
+        let diff_id = layer.diff_id.clone();
         apply_layer_blob(
             store,
             &digest,
@@ -142,11 +151,7 @@ impl RootCache {
         let Some(lowerdir) = self.lowerdir(lowers)? else {
             return Ok(None);
         };
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
+        let data = overlay_data(&lowerdir, &upper, &work);
         Ok(self.mount(&merged, &data)?.then_some(merged))
     }
 
@@ -171,15 +176,15 @@ impl RootCache {
             return Ok(Some(stack));
         }
         // Put the writable mount back: later stages may still read this root.
-        let restore = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            stack[1..]
-                .iter()
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join(":"),
-            stage_dir.join("upper").display(),
-            stage_dir.join("overlay-work").display()
+        let previous = stack[1..]
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
+        let restore = overlay_data(
+            &previous,
+            &stage_dir.join("upper"),
+            &stage_dir.join("overlay-work"),
         );
         if self.mount_anyway(&merged, &restore)? {
             Ok(None)
@@ -320,8 +325,8 @@ impl<'a> ChainStack<'a> {
             path: self.stage_dir.display().to_string(),
             source: std::io::Error::other(m),
         };
-        let digest = Digest::parse(&layer.digest).map_err(|e| err(e.to_string()))?;
-        let diff_id = Digest::parse(&layer.diff_id).map_err(|e| err(e.to_string()))?;
+        let digest = layer.digest.clone();
+        let diff_id = layer.diff_id.clone();
         let next = Digest::of_bytes(format!("{} {diff_id}", st.chain).as_bytes());
         let upper = self.stage_dir.join("upper");
         let upper_empty = std::fs::read_dir(&upper)
@@ -347,13 +352,7 @@ impl<'a> ChainStack<'a> {
         rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| io_err("unmount", &merged)(e.into()))?;
         let work = self.stage_dir.join("overlay-work");
-        let data = |lowerdir: &str| {
-            format!(
-                "lowerdir={lowerdir},upperdir={},workdir={}",
-                upper.display(),
-                work.display()
-            )
-        };
+        let data = |lowerdir: &str| overlay_data(lowerdir, &upper, &work);
         if self.roots.mount_anyway(&merged, &data(&lowerdir))? {
             st.chain = next;
             st.lowers = lowers;
@@ -406,12 +405,7 @@ impl RootCache {
         let Some(lowerdir) = self.lowerdir(lowers)? else {
             return Ok(false);
         };
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        if !self.mount_anyway(&mnt, &data)? {
+        if !self.mount_anyway(&mnt, &overlay_data(&lowerdir, &upper, &work))? {
             return Ok(false);
         }
         let applied =

@@ -1,0 +1,180 @@
+//! [`StageJob`]: everything one stage run needs, as the controller writes it for a builder
+//! pod and as `stagecoach build` makes it for each stage on one machine. One job runs one
+//! Dockerfile stage over one root directory (`/` in a pod, an overlay mount locally); the
+//! run reads its inputs from the paths the job names and writes layers and keys into the
+//! cache root. Nothing in a job is a secret: secrets are named by id and file path only.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::result::LayerRecord;
+
+/// The job format's version; a runner refuses a job of another version.
+pub const JOB_VERSION: u32 = 1;
+
+/// One stage run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageJob {
+    /// [`JOB_VERSION`].
+    pub version: u32,
+    /// The build this stage belongs to (the ImageBuild's uid; locally a work directory's
+    /// name): where its files go under `builds/` of the cache.
+    pub build: String,
+    /// The Dockerfile's text. The runner parses it again: it is small, and this keeps the
+    /// job free of a second representation of instructions.
+    pub dockerfile: String,
+    /// The Dockerfile's path relative to the context (for `<Dockerfile>.dockerignore`), when
+    /// it lives in the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_path: Option<PathBuf>,
+    /// The stage's index in the Dockerfile.
+    pub stage: usize,
+    /// The label in progress lines and messages (its name, else its index).
+    pub label: String,
+    /// `--build-arg` values.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// What the stage starts from.
+    pub base: JobBase,
+    /// The root directory the stage runs over: `/` in a pod.
+    pub root: PathBuf,
+    /// Layers to apply onto `root` before the first instruction (a `FROM <stage>` parent's
+    /// own layers over the root ancestor's image), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apply: Vec<LayerRecord>,
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The cache root (content store, keys, cache mounts).
+    pub cache: PathBuf,
+    /// Earlier stages this one reads (`COPY --from`, `RUN --mount=from=`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageInput>,
+    /// External images this one copies from, unpacked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageInput>,
+    /// Secrets for `RUN --mount=type=secret`: id and file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretInput>,
+    /// Knobs.
+    #[serde(default)]
+    pub options: JobOptions,
+    /// Where the full result goes (a file on the cache volume); the termination message
+    /// gets the 4 KiB version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<PathBuf>,
+}
+
+/// What a stage starts from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+pub enum JobBase {
+    /// `FROM scratch`.
+    Scratch,
+    /// An image (directly, or as the root ancestor of a `FROM <stage>` chain).
+    #[serde(rename_all = "camelCase")]
+    Image {
+        /// The reference as resolved (pinned by digest).
+        reference: String,
+        /// Its manifest's digest.
+        manifest: Digest,
+        /// Its image config, as the registry served it.
+        config: serde_json::Value,
+        /// Its layers, in order.
+        layers: Vec<LayerRecord>,
+    },
+}
+
+/// An earlier stage's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StageInput {
+    /// Its index.
+    pub index: usize,
+    /// Its `AS` name, lower-cased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The directory holding its root filesystem.
+    pub root: PathBuf,
+}
+
+/// An external image's files, for `COPY --from=<image>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageInput {
+    /// The image as the Dockerfile names it.
+    pub name: String,
+    /// The directory holding its unpacked root filesystem.
+    pub root: PathBuf,
+}
+
+/// A build secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretInput {
+    /// The id `RUN --mount=type=secret,id=` names.
+    pub id: String,
+    /// The file holding its value.
+    pub path: PathBuf,
+}
+
+/// A stage run's knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct JobOptions {
+    /// Look nothing up in the cache (results are still recorded).
+    pub no_cache: bool,
+    /// SOURCE_DATE_EPOCH for layer mtimes and `created`.
+    pub source_date_epoch: u64,
+    /// Architecture of a `FROM scratch` stage's config.
+    pub architecture: String,
+    /// Give up on one RUN after this many seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_timeout_seconds: Option<u64>,
+    /// Output lines kept for a failure's report.
+    pub tail_lines: usize,
+    /// Directories to leave out of snapshots besides mount points (the binary's directory).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub own_dirs: Vec<PathBuf>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            no_cache: false,
+            source_date_epoch: 0,
+            architecture: "amd64".to_string(),
+            run_timeout_seconds: None,
+            tail_lines: 20,
+            own_dirs: Vec::new(),
+        }
+    }
+}
+
+/// Why a job file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Not valid JSON for a job.
+    #[error("the stage job is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// Another version.
+    #[error("the stage job has version {found}; this stagecoach reads version {JOB_VERSION}")]
+    Version {
+        /// The version in the file.
+        found: u32,
+    },
+}
+
+impl StageJob {
+    /// Reads a job from JSON, checking its version.
+    pub fn from_json(bytes: &[u8]) -> Result<StageJob, JobError> {
+        let job: StageJob = serde_json::from_slice(bytes)?;
+        if job.version != JOB_VERSION {
+            return Err(JobError::Version { found: job.version });
+        }
+        Ok(job)
+    }
+}
