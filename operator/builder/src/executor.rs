@@ -41,8 +41,7 @@ use stagecoach_oci::config::{ConfigError, rfc3339_utc};
 use stagecoach_oci::layer::{ApplyError, LayerWriteError, apply_layer_blob, write_layer};
 use stagecoach_oci::store::StoreError;
 use stagecoach_oci::{
-    ApplyOptions, Compression, ContentStore, ImageConfig, LayerOptions,
-    LayerSource,
+    ApplyOptions, Compression, ContentStore, ImageConfig, LayerOptions, LayerSource,
 };
 
 use crate::cache_key::{self, CacheKey, CacheKeyError};
@@ -152,6 +151,14 @@ pub enum ExecutorError {
     /// Applying a cached layer failed.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Stacking a cached layer onto the root failed.
+    #[error("stacking cached layer {layer} onto the root: {source}")]
+    Stack {
+        /// The layer.
+        layer: stagecoach_oci::Digest,
+        /// The stacker's error.
+        source: StackError,
+    },
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -194,11 +201,9 @@ impl ExecutorError {
             ExecutorError::Runner { .. } => StageReason::RunnerFailed,
             ExecutorError::Snapshot(_) => StageReason::SnapshotFailed,
             ExecutorError::Layer(_) => StageReason::LayerWriteFailed,
-            ExecutorError::Apply(_) => StageReason::LayerApplyFailed,
+            ExecutorError::Apply(_) | ExecutorError::Stack { .. } => StageReason::LayerApplyFailed,
             ExecutorError::Store(_) => StageReason::StoreFailed,
-            ExecutorError::CacheKey(_) | ExecutorError::Context(_) => {
-                StageReason::SourceReadFailed
-            }
+            ExecutorError::CacheKey(_) | ExecutorError::Context(_) => StageReason::SourceReadFailed,
             ExecutorError::RootPath(_) => StageReason::PathResolveFailed,
             ExecutorError::Config(_) => StageReason::ConfigFailed,
             ExecutorError::Io { .. } => StageReason::IoFailed,
@@ -473,12 +478,15 @@ impl StageOutcome {
     }
 }
 
+/// Why a [`HitStacker`] failed (its own error, kept as the source).
+pub type StackError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Takes a cache hit's layer into the root without extracting it (an overlay stack on one
 /// machine). Asked only while every step so far was a hit, so the root is exactly the base
 /// plus the hit layers; `Ok(false)` means "extract it as usual".
 pub trait HitStacker: Send + Sync {
     /// Makes `layer` the root's top layer.
-    fn stack(&self, layer: &LayerRecord) -> Result<bool, String>;
+    fn stack(&self, layer: &LayerRecord) -> Result<bool, StackError>;
 }
 
 /// Runs stages over one root directory.
@@ -1147,15 +1155,25 @@ impl<'a> StageExecutor<'a> {
                 let cwd_path = rootpath::resolve(&ex.rootfs, &cwd, true)?.path;
                 fs::create_dir_all(&cwd_path).map_err(io_err("create", &cwd_path))?;
                 let mut request = request_base.clone();
-                let mut _scratch =
-                    ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?;
+                let in_place = !ex.runner.can_mount();
+                let mut _placed = None;
+                let mut _scratch = if in_place {
+                    check_premounted(&ex.rootfs, &prepared, line)?;
+                    ScratchDirs(Vec::new())
+                } else {
+                    ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?
+                };
                 if let Some((path, body)) = &script {
-                    let file = ex.write_script(body, &mut _scratch)?;
-                    request.mounts.push(RunMount::Bind {
-                        source: file,
-                        target: PathBuf::from(path),
-                        readonly: true,
-                    });
+                    if in_place {
+                        _placed = Some(PlacedScript::write(&ex.rootfs, path, body)?);
+                    } else {
+                        let file = ex.write_script(body, &mut _scratch)?;
+                        request.mounts.push(RunMount::Bind {
+                            source: file,
+                            target: PathBuf::from(path),
+                            readonly: true,
+                        });
+                    }
                 }
                 let stubs = Stubs::create(&ex.rootfs, &prepared)?;
                 let mut _locks = Vec::new();
@@ -1219,11 +1237,12 @@ impl<'a> StageExecutor<'a> {
             if let Some(layer) = &entry.layer {
                 let stacked = match self.stacker {
                     Some(stacker) if cursor.only_hits => {
-                        stacker.stack(layer).map_err(|message| ExecutorError::Io {
-                            action: "stack a cached layer onto",
-                            path: self.rootfs.clone(),
-                            source: io::Error::other(message),
-                        })?
+                        stacker
+                            .stack(layer)
+                            .map_err(|source| ExecutorError::Stack {
+                                layer: layer.digest.clone(),
+                                source,
+                            })?
                     }
                     _ => false,
                 };
@@ -1354,6 +1373,7 @@ impl<'a> StageExecutor<'a> {
                 let lock = matches!(m.sharing, Some(Sharing::Locked | Sharing::Private))
                     .then(|| self.layout.mount_lock(&id));
                 Ok(PreparedMount {
+                    kind: "cache",
                     mount: Some(RunMount::Bind {
                         source: dir,
                         target: PathBuf::from(&target),
@@ -1383,6 +1403,7 @@ impl<'a> StageExecutor<'a> {
                 let ctx = BuildContext::with_patterns(&root, &[] as &[&str])?;
                 let digest = cache_key::digest_source(&ctx, &source)?;
                 Ok(PreparedMount {
+                    kind: "bind",
                     mount: Some(RunMount::Bind {
                         source: resolved.path,
                         target: PathBuf::from(&target),
@@ -1408,6 +1429,7 @@ impl<'a> StageExecutor<'a> {
             MountType::Tmpfs => {
                 let target = target.ok_or_else(|| unsupported("a tmpfs mount without target"))?;
                 Ok(PreparedMount {
+                    kind: "tmpfs",
                     mount: Some(RunMount::Tmpfs {
                         target: PathBuf::from(&target),
                         size_bytes: m.size.as_deref().and_then(parse_size),
@@ -1443,6 +1465,7 @@ impl<'a> StageExecutor<'a> {
                 }
                 let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
                 Ok(PreparedMount {
+                    kind: "secret",
                     mount: Some(RunMount::Bind {
                         source: path.clone(),
                         target: PathBuf::from(&target),
@@ -1470,6 +1493,8 @@ enum StubKind {
 }
 
 struct PreparedMount {
+    /// The mount type as `--mount=type=` names it, for messages.
+    kind: &'static str,
     mount: Option<RunMount>,
     target: Option<String>,
     stub: StubKind,
@@ -1578,6 +1603,7 @@ impl StageExecutor<'_> {
 impl PreparedMount {
     fn none() -> Self {
         Self {
+            kind: "",
             mount: None,
             target: None,
             stub: StubKind::Dir,
@@ -1681,6 +1707,79 @@ impl Stubs {
                 .map_err(io_err("restore times of", p))?;
         }
         Ok(())
+    }
+}
+
+/// For a runner that cannot mount: every mount the step declares must already be a mount
+/// point in this process's view (the pod spec provides it), or the step would write into
+/// the image instead. A read-write bind is refused: without a private copy, its writes would
+/// reach the shared source.
+fn check_premounted(
+    rootfs: &Path,
+    prepared: &[PreparedMount],
+    line: usize,
+) -> Result<(), ExecutorError> {
+    let mountinfo = fs::read("/proc/self/mountinfo")
+        .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    let points: BTreeSet<PathBuf> = snapshot::mount_points(&mountinfo).into_iter().collect();
+    for p in prepared {
+        let (Some(_), Some(target)) = (&p.mount, &p.target) else {
+            continue;
+        };
+        if p.rw_copy.is_some() {
+            return Err(ExecutorError::Unsupported {
+                line,
+                what: "RUN --mount=type=bind,rw in a builder pod (its writes would reach the shared source)".into(),
+            });
+        }
+        let resolved = rootpath::resolve(rootfs, target, true)?.path;
+        if !points.contains(&resolved) {
+            return Err(ExecutorError::MountMissing {
+                line,
+                kind: p.kind,
+                target: target.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A `#!` heredoc script written where BuildKit binds it (`/dev/pipes/<name>`), for a runner
+/// that cannot bind: `/dev` is the container's own tmpfs and never walked, so the file cannot
+/// reach a layer. Removed when dropped, with `/dev/pipes` if this made it.
+struct PlacedScript {
+    file: PathBuf,
+    made_dir: Option<PathBuf>,
+}
+
+impl PlacedScript {
+    fn write(rootfs: &Path, target: &str, body: &str) -> Result<Self, ExecutorError> {
+        let file = rootfs.join(target.trim_start_matches('/'));
+        let dir = file
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| io_err("place script", &file)(io::ErrorKind::InvalidInput.into()))?;
+        let made_dir = if dir.exists() {
+            None
+        } else {
+            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+            Some(dir)
+        };
+        let placed = PlacedScript { file, made_dir };
+        fs::write(&placed.file, body).map_err(io_err("write", &placed.file))?;
+        fs::set_permissions(&placed.file, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &placed.file))?;
+        Ok(placed)
+    }
+}
+
+impl Drop for PlacedScript {
+    fn drop(&mut self) {
+        // Best effort: the file lives on the container's /dev, which goes with the pod.
+        let _ = fs::remove_file(&self.file);
+        if let Some(d) = &self.made_dir {
+            let _ = fs::remove_dir(d);
+        }
     }
 }
 

@@ -142,6 +142,7 @@ pub struct RuncRunner {
     resolv_conf: PathBuf,
     no_new_privileges: bool,
     kill_grace: Duration,
+    denied_syscalls: Vec<String>,
 }
 
 impl Default for RuncRunner {
@@ -161,6 +162,7 @@ impl RuncRunner {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             no_new_privileges: true,
             kill_grace: Duration::from_secs(5),
+            denied_syscalls: Vec::new(),
         }
     }
 
@@ -198,6 +200,14 @@ impl RuncRunner {
     #[must_use]
     pub fn with_no_new_privileges(mut self, on: bool) -> Self {
         self.no_new_privileges = on;
+        self
+    }
+
+    /// Refuses these system calls (by name) with `EPERM` through a seccomp filter, as a
+    /// baseline pod's runtime profile refuses `mount` and `unshare`.
+    #[must_use]
+    pub fn with_denied_syscalls(mut self, names: &[&str]) -> Self {
+        self.denied_syscalls = names.iter().map(|n| n.to_string()).collect();
         self
     }
 
@@ -343,6 +353,7 @@ impl RuncRunner {
             cgroups_path: &cgroups_path,
             nofile: host_nofile_limit(),
             no_new_privileges: self.no_new_privileges,
+            denied_syscalls: &self.denied_syscalls,
         };
         let mounts = spec::plan_mounts(request, &host)?;
         let config = spec::config(

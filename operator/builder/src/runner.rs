@@ -94,6 +94,13 @@ pub enum RunnerError {
 /// Runs RUN steps. Implementations stream each output line to `on_line` as it arrives (for
 /// progress and logs) and leave nothing mounted or running when they return, also on error.
 pub trait Runner: Send + Sync {
+    /// Whether the runner makes the request's mounts itself (runc does). A runner that
+    /// cannot (the in-place runner of a builder pod) gets steps whose every mount target is
+    /// already mounted: the executor checks that before the step runs.
+    fn can_mount(&self) -> bool {
+        true
+    }
+
     /// Runs one process to completion.
     fn run(
         &self,

@@ -101,7 +101,9 @@ impl ContentStore {
     /// several processes is fine).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
-        let blobs = root.join("blobs").join("sha256");
+        let blobs = stagecoach_protocol::CacheLayout::new(&root)
+            .blobs()
+            .join("sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create directory", &blobs))?;
         Ok(ContentStore { root, blobs })
     }

@@ -441,6 +441,7 @@ fn applying_as_unprivileged_skips_what_needs_root() {
     let unprivileged = ApplyOptions {
         privileged: false,
         xattrs: true,
+        ..ApplyOptions::default()
     };
     let stats = apply_layer(&dst, &tar[..], &unprivileged).unwrap();
     assert!(dst.join("etc/config").is_file());
@@ -476,4 +477,91 @@ fn root_reached_through_a_symlink_and_symlinked_write_tree() {
     )
     .unwrap();
     assert_eq!(list_entries(&tar), vec!["bin"]);
+}
+
+#[test]
+fn protected_paths_are_never_touched() {
+    // A layer applied in place over a container's root must leave its mount points alone:
+    // an entry for one is skipped, a whiteout of one does nothing, and removing or making
+    // opaque a directory that holds one empties the rest of it only.
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    write_file(&src.join("etc/hosts"), b"from the layer", 0o644);
+    write_file(
+        &src.join("etc/passwd"),
+        b"root:x:0:0::/root:/bin/sh\n",
+        0o644,
+    );
+    write_file(&src.join("dev/null"), b"not a device", 0o644);
+    mkdir(&src.join("run"), 0o755);
+    write_file(&src.join("cache/new"), b"new", 0o644);
+    let store = ContentStore::open(tmp.path().join("store")).unwrap();
+    let changes = vec![
+        Change::Write("etc/hosts".into()),
+        Change::Write("etc/passwd".into()),
+        Change::Write("dev/null".into()),
+        Change::Delete("data".into()),
+        Change::Delete("run/secret".into()),
+        Change::Opaque("cache".into()),
+    ];
+    let layer = write_layer(
+        &store,
+        &src,
+        LayerSource::Changes(&changes),
+        &opts(Compression::Gzip),
+    )
+    .unwrap();
+
+    let root = tmp.path().join("root");
+    write_file(&root.join("etc/hosts"), b"kubelet's", 0o644);
+    write_file(&root.join("dev/null"), b"the device", 0o644);
+    write_file(&root.join("data/vol/kept"), b"volume", 0o644);
+    write_file(&root.join("data/old"), b"old", 0o644);
+    write_file(&root.join("run/secret"), b"s3cret", 0o400);
+    write_file(&root.join("cache/mnt/kept"), b"cache volume", 0o644);
+    write_file(&root.join("cache/lower"), b"lower", 0o644);
+    let options = ApplyOptions {
+        protected: ["etc/hosts", "dev", "data/vol", "run/secret", "cache/mnt"]
+            .iter()
+            .map(|p| root.join(p))
+            .collect(),
+        ..ApplyOptions::default()
+    };
+    apply_layer_blob(&store, &layer.digest, Some(&layer.diff_id), &root, &options).unwrap();
+    let read = |p: &str| fs::read(root.join(p)).unwrap();
+    assert_eq!(read("etc/hosts"), b"kubelet's");
+    assert_eq!(
+        read("etc/passwd"),
+        b"root:x:0:0::/root:/bin/sh\n",
+        "others are written"
+    );
+    assert_eq!(read("dev/null"), b"the device");
+    assert_eq!(read("data/vol/kept"), b"volume");
+    assert!(
+        !root.join("data/old").exists(),
+        "the rest of a removed directory goes"
+    );
+    assert_eq!(read("run/secret"), b"s3cret");
+    assert_eq!(read("cache/mnt/kept"), b"cache volume");
+    assert!(
+        !root.join("cache/lower").exists(),
+        "opaque clears what is not protected"
+    );
+    assert_eq!(read("cache/new"), b"new");
+
+    // Without protection the same layer replaces them (the test can fail).
+    let plain = tmp.path().join("plain");
+    write_file(&plain.join("etc/hosts"), b"kubelet's", 0o644);
+    apply_layer_blob(
+        &store,
+        &layer.digest,
+        None,
+        &plain,
+        &ApplyOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(plain.join("etc/hosts")).unwrap(),
+        b"from the layer"
+    );
 }

@@ -86,6 +86,16 @@ pub enum JobBase {
         /// Its layers, in order.
         layers: Vec<LayerRecord>,
     },
+    /// An earlier stage's result (`FROM <stage>`).
+    #[serde(rename_all = "camelCase")]
+    Stage {
+        /// The parent stage's index.
+        index: usize,
+        /// Its image config's digest; the blob is in the cache's content store.
+        config: Digest,
+        /// All its layers, the root image's first.
+        layers: Vec<LayerRecord>,
+    },
 }
 
 /// An earlier stage's files.

@@ -95,8 +95,7 @@ impl CacheLayout {
 pub fn escape_id(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty())
-        {
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-') || (b == b'.' && !out.is_empty()) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
@@ -126,7 +125,10 @@ mod tests {
         let l = CacheLayout::new("/c");
         assert_eq!(l.mount("/go/pkg"), PathBuf::from("/c/mounts/%2Fgo%2Fpkg"));
         assert_eq!(l.mount_lock("x"), PathBuf::from("/c/mounts/x.lock"));
-        assert_eq!(l.build_context("../up"), PathBuf::from("/c/builds/%2E.%2Fup/context"));
+        assert_eq!(
+            l.build_context("../up"),
+            PathBuf::from("/c/builds/%2E.%2Fup/context")
+        );
         assert_eq!(l.build_stage("u", 3), PathBuf::from("/c/builds/u/stages/3"));
     }
 }

@@ -14,25 +14,120 @@ use Reason::{PodFailed, StageFailed};
 
 /// The table the docs (docs/builder.md) show: spelling, exit code, condition.
 const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 19] = [
-    (StageReason::RunFailed, "RunFailed", Some(InstructionFailed), StageFailed),
-    (StageReason::InvalidInstruction, "InvalidInstruction", Some(BadInput), StageFailed),
-    (StageReason::CopyFailed, "CopyFailed", Some(InstructionFailed), StageFailed),
-    (StageReason::ChecksumMismatch, "ChecksumMismatch", Some(InstructionFailed), StageFailed),
-    (StageReason::DownloadFailed, "DownloadFailed", None, StageFailed),
-    (StageReason::UnknownUser, "UnknownUser", Some(BadInput), StageFailed),
-    (StageReason::Unsupported, "Unsupported", Some(BadInput), StageFailed),
-    (StageReason::MissingInput, "MissingInput", Some(BadInput), StageFailed),
-    (StageReason::MountMissing, "MountMissing", Some(BadInput), PodFailed),
-    (StageReason::InvalidJob, "InvalidJob", Some(BadInput), PodFailed),
-    (StageReason::RunnerFailed, "RunnerFailed", Some(Infrastructure), PodFailed),
-    (StageReason::SnapshotFailed, "SnapshotFailed", Some(Infrastructure), PodFailed),
-    (StageReason::LayerWriteFailed, "LayerWriteFailed", Some(Infrastructure), PodFailed),
-    (StageReason::LayerApplyFailed, "LayerApplyFailed", Some(Infrastructure), PodFailed),
-    (StageReason::StoreFailed, "StoreFailed", Some(Infrastructure), PodFailed),
-    (StageReason::SourceReadFailed, "SourceReadFailed", Some(Infrastructure), PodFailed),
-    (StageReason::PathResolveFailed, "PathResolveFailed", Some(Infrastructure), PodFailed),
-    (StageReason::ConfigFailed, "ConfigFailed", Some(Infrastructure), PodFailed),
-    (StageReason::IoFailed, "IoFailed", Some(Infrastructure), PodFailed),
+    (
+        StageReason::RunFailed,
+        "RunFailed",
+        Some(InstructionFailed),
+        StageFailed,
+    ),
+    (
+        StageReason::InvalidInstruction,
+        "InvalidInstruction",
+        Some(BadInput),
+        StageFailed,
+    ),
+    (
+        StageReason::CopyFailed,
+        "CopyFailed",
+        Some(InstructionFailed),
+        StageFailed,
+    ),
+    (
+        StageReason::ChecksumMismatch,
+        "ChecksumMismatch",
+        Some(InstructionFailed),
+        StageFailed,
+    ),
+    (
+        StageReason::DownloadFailed,
+        "DownloadFailed",
+        None,
+        StageFailed,
+    ),
+    (
+        StageReason::UnknownUser,
+        "UnknownUser",
+        Some(BadInput),
+        StageFailed,
+    ),
+    (
+        StageReason::Unsupported,
+        "Unsupported",
+        Some(BadInput),
+        StageFailed,
+    ),
+    (
+        StageReason::MissingInput,
+        "MissingInput",
+        Some(BadInput),
+        StageFailed,
+    ),
+    (
+        StageReason::MountMissing,
+        "MountMissing",
+        Some(BadInput),
+        PodFailed,
+    ),
+    (
+        StageReason::InvalidJob,
+        "InvalidJob",
+        Some(BadInput),
+        PodFailed,
+    ),
+    (
+        StageReason::RunnerFailed,
+        "RunnerFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::SnapshotFailed,
+        "SnapshotFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::LayerWriteFailed,
+        "LayerWriteFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::LayerApplyFailed,
+        "LayerApplyFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::StoreFailed,
+        "StoreFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::SourceReadFailed,
+        "SourceReadFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::PathResolveFailed,
+        "PathResolveFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::ConfigFailed,
+        "ConfigFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::IoFailed,
+        "IoFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
 ];
 
 #[test]
@@ -52,7 +147,9 @@ fn every_stage_reason_is_pinned() {
             format!("\"{text}\""),
             "the JSON spelling is the same"
         );
-        assert!(reason.condition().status() == stagecoach_protocol::condition::ConditionStatus::False);
+        assert!(
+            reason.condition().status() == stagecoach_protocol::condition::ConditionStatus::False
+        );
     }
     assert_eq!(StageReason::parse("runfailed"), None);
 }
@@ -75,23 +172,42 @@ fn exit_codes_are_stable() {
     for c in ExitCode::ALL {
         assert_eq!(ExitCode::from_code(c.code()), Some(c));
     }
-    assert_eq!(ExitCode::from_code(137), None, "an OOM kill is not our verdict");
-    assert_eq!(serde_json::to_string(&InstructionFailed).unwrap(), "\"instructionFailed\"");
+    assert_eq!(
+        ExitCode::from_code(137),
+        None,
+        "an OOM kill is not our verdict"
+    );
+    assert_eq!(
+        serde_json::to_string(&InstructionFailed).unwrap(),
+        "\"instructionFailed\""
+    );
 }
 
 #[test]
 fn container_exits_map_to_conditions() {
     assert_eq!(condition_for_exit(0, None), Reason::Succeeded);
-    assert_eq!(condition_for_exit(1, Some(StageReason::RunFailed)), StageFailed);
-    assert_eq!(condition_for_exit(3, Some(StageReason::StoreFailed)), PodFailed);
-    assert_eq!(condition_for_exit(2, Some(StageReason::MountMissing)), PodFailed);
+    assert_eq!(
+        condition_for_exit(1, Some(StageReason::RunFailed)),
+        StageFailed
+    );
+    assert_eq!(
+        condition_for_exit(3, Some(StageReason::StoreFailed)),
+        PodFailed
+    );
+    assert_eq!(
+        condition_for_exit(2, Some(StageReason::MountMissing)),
+        PodFailed
+    );
     // No result written: our own codes still say whose fault it was.
     assert_eq!(condition_for_exit(1, None), StageFailed);
     assert_eq!(condition_for_exit(2, None), StageFailed);
     assert_eq!(condition_for_exit(3, None), PodFailed);
     // Killed (OOM: 137) or a missing binary (127): the pod failed, whatever a stale result says.
     assert_eq!(condition_for_exit(137, None), PodFailed);
-    assert_eq!(condition_for_exit(127, Some(StageReason::RunFailed)), PodFailed);
+    assert_eq!(
+        condition_for_exit(127, Some(StageReason::RunFailed)),
+        PodFailed
+    );
 }
 
 fn digest(byte: &str) -> Digest {
@@ -117,7 +233,9 @@ fn results_fit_a_termination_message_and_read_back() {
             instruction: "RUN make".into(),
             line: 5,
             exit_code: Some(2),
-            tail: (0..40).map(|i| format!("output line {i} {}", "x".repeat(60))).collect(),
+            tail: (0..40)
+                .map(|i| format!("output line {i} {}", "x".repeat(60)))
+                .collect(),
         }),
         exit_code: 1,
         layers: vec![layer("a"), layer("b")],
@@ -146,7 +264,11 @@ fn results_fit_a_termination_message_and_read_back() {
     assert!(back.steps.is_empty());
     let tail = back.failed_step.unwrap().tail;
     assert!(!tail.is_empty() && tail.len() < 40);
-    assert_eq!(tail.last(), result.failed_step.unwrap().tail.last(), "the last lines stay");
+    assert_eq!(
+        tail.last(),
+        result.failed_step.unwrap().tail.last(),
+        "the last lines stay"
+    );
     let json: serde_json::Value = serde_json::from_slice(&small).unwrap();
     assert_eq!(json["reason"], "RunFailed");
     assert_eq!(json["layers"][0]["diffId"], digest("diff a").as_str());
@@ -191,5 +313,8 @@ fn jobs_round_trip_and_refuse_other_versions() {
     let mut typo = json;
     typo["buildArg"] = serde_json::json!({});
     let err = StageJob::from_json(&serde_json::to_vec(&typo).unwrap()).unwrap_err();
-    assert!(err.to_string().contains("buildArg"), "an unknown field is named: {err}");
+    assert!(
+        err.to_string().contains("buildArg"),
+        "an unknown field is named: {err}"
+    );
 }

@@ -5,6 +5,7 @@
 mod build;
 mod crd;
 mod plan;
+mod stage;
 
 use std::process::ExitCode;
 
@@ -29,15 +30,25 @@ enum Command {
     Build(build::BuildArgs),
     /// Parse a Dockerfile and print its stage graph, the stages the targets need and the waves.
     Plan(plan::PlanArgs),
+    /// Run one stage job in place (what a builder pod runs; RUN steps run in this container).
+    Stage(stage::StageArgs),
 }
 
 fn main() -> ExitCode {
+    // The in-place runner's helper: first, before anything could start a thread, since it
+    // drops credentials with per-thread system calls before it executes the step.
+    let mut raw = std::env::args_os().skip(1);
+    if raw.next().is_some_and(|a| a == "exec-step") {
+        let rest: Vec<_> = raw.collect();
+        return ExitCode::from(stage::exec_step(&rest));
+    }
     let cli = Cli::parse();
     // Each subcommand has its own error enum; here they only become a message and a code.
     let result = match cli.command {
         Command::Build(args) => build::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Crd(args) => crd::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
+        Command::Stage(args) => return ExitCode::from(stage::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

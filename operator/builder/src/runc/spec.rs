@@ -102,6 +102,8 @@ pub(super) struct Host<'a> {
     pub nofile: u64,
     /// Whether to set `noNewPrivileges`.
     pub no_new_privileges: bool,
+    /// System calls a seccomp filter refuses with `EPERM` (none: no filter).
+    pub denied_syscalls: &'a [String],
 }
 
 /// Normalises a path inside the container: absolute, no `..` (a mount must say where it goes
@@ -351,6 +353,20 @@ pub(super) fn config(
     {
         map.insert("hostname".to_string(), json!(request.hostname));
     }
+    if !host.denied_syscalls.is_empty()
+        && let Some(linux) = config.get_mut("linux").and_then(Value::as_object_mut)
+    {
+        // Allow by default, refuse the listed calls with EPERM (errno 1), as a container
+        // runtime's default profile refuses `mount` and `unshare` to a container without
+        // CAP_SYS_ADMIN.
+        linux.insert(
+            "seccomp".to_string(),
+            json!({"defaultAction": "SCMP_ACT_ALLOW",
+                   "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                   "syscalls": [{"names": host.denied_syscalls,
+                                 "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}),
+        );
+    }
     Ok(config)
 }
 
@@ -403,6 +419,7 @@ mod tests {
             cgroups_path: "/x/y",
             nofile: 1024,
             no_new_privileges: true,
+            denied_syscalls: &[],
         };
         let mounts = plan_mounts(&request, &host).unwrap_or_default();
         let kinds: Vec<(&str, Mountpoint)> = mounts

@@ -133,7 +133,7 @@ fn resolve_err(e: ResolveError) -> ApplyError {
 }
 
 /// How to apply a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyOptions {
     /// Running with the privileges of root (in the container's user namespace at least):
     /// owners are set from the layer, device nodes made, and every xattr set, and a failure
@@ -143,6 +143,12 @@ pub struct ApplyOptions {
     pub privileged: bool,
     /// Set the layer's xattrs (`security.capability` among them).
     pub xattrs: bool,
+    /// Real paths (as this process sees them) that applying never creates, replaces,
+    /// removes or changes, nor anything below them: a layer applied in place over a
+    /// container's own root must leave its mount points (`/etc/hosts`, volumes), `/proc`,
+    /// `/sys` and `/dev` alone. Entries for them are skipped; removing a directory that holds
+    /// one empties the rest of it.
+    pub protected: Vec<PathBuf>,
 }
 
 impl Default for ApplyOptions {
@@ -150,6 +156,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             privileged: rustix::process::geteuid().is_root(),
             xattrs: true,
+            protected: Vec::new(),
         }
     }
 }
@@ -211,7 +218,7 @@ pub fn apply_layer<R: Read>(
     let mut hashing = HashingReader::new(decoder);
     let mut applier = Applier {
         root: root.to_owned(),
-        options: *options,
+        options: options.clone(),
         parent_cache: None,
         unpacked: HashSet::new(),
         dirs: Vec::new(),
@@ -368,8 +375,36 @@ impl Applier {
         Ok(real)
     }
 
+    /// Whether `path` is protected or below a protected path.
+    fn is_protected(&self, path: &Path) -> bool {
+        self.options.protected.iter().any(|p| path.starts_with(p))
+    }
+
+    /// Whether a protected path lies strictly below `path`.
+    fn holds_protected(&self, path: &Path) -> bool {
+        self.options
+            .protected
+            .iter()
+            .any(|p| p != path && p.starts_with(path))
+    }
+
     fn remove_existing(&mut self, path: &Path, meta: &Metadata) -> Result<(), ApplyError> {
         self.parent_cache = None;
+        if self.is_protected(path) {
+            return Ok(());
+        }
+        if meta.is_dir() && self.holds_protected(path) {
+            // Empty it around what must stay; the directory itself stays too.
+            let children = fs::read_dir(path).map_err(io_err("read directory", path))?;
+            for child in children {
+                let child = child.map_err(io_err("read directory", path))?;
+                let child_path = child.path();
+                let m =
+                    fs::symlink_metadata(&child_path).map_err(io_err("inspect", &child_path))?;
+                self.remove_existing(&child_path, &m)?;
+            }
+            return Ok(());
+        }
         if meta.is_dir() {
             // std's remove_dir_all never follows symlinks found inside.
             fs::remove_dir_all(path).map_err(io_err("remove directory", path))
@@ -411,7 +446,10 @@ impl Applier {
             let child = child.map_err(io_err("read directory", dir))?;
             let path = child.path();
             let meta = fs::symlink_metadata(&path).map_err(io_err("inspect", &path))?;
-            if self.unpacked.contains(&path) {
+            if self.is_protected(&path) {
+                continue;
+            }
+            if self.unpacked.contains(&path) || (meta.is_dir() && self.holds_protected(&path)) {
                 if meta.is_dir() {
                     self.clear_lower(&path)?;
                 }
@@ -431,6 +469,9 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         let dir = self.parent_dir(parent)?;
         let target = dir.join(name);
+        if self.is_protected(&target) {
+            return Ok(());
+        }
         let existing = match fs::symlink_metadata(&target) {
             Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -1,8 +1,8 @@
 //! `stagecoach build`: the whole engine on one machine. It plans the Dockerfile, pulls every
-//! base image the needed stages use, then runs the plan's waves: each stage gets its own root
-//! filesystem (its base's layers applied), its own [`StageExecutor`] and, within a wave, its
-//! own thread, with RUN steps under runc. The targets' images are assembled from the stages'
-//! results and written as an OCI layout, pushed, or both.
+//! base image the needed stages use, then hands the plan to `stagecoach_builder::local`,
+//! which runs each stage as a stage job (the wiring builder pods use) over its own root, with
+//! RUN steps under runc. The targets' images are assembled from the stages' results and
+//! written as an OCI layout, pushed, or both.
 //!
 //! Contract (docs/cli.md): progress goes to standard error, one line per event, prefixed with
 //! the stage; standard output gets one line per target, `<target> <digest> <size>`. The same
@@ -11,17 +11,16 @@
 //! ends, successful or not; layers and cache keys stay in the cache for the next build.
 
 mod pull;
-mod roots;
-mod stages;
 
 use std::path::PathBuf;
 
-use stagecoach_builder::context::BuildContext;
+use stagecoach_builder::local::{Done, LocalBuild, LocalError, RootCache, WorkDir};
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{self, Base, PlanOptions};
 use stagecoach_oci::layout::OciLayoutWriter;
 use stagecoach_oci::registry::ImageRef;
 use stagecoach_oci::{ContentStore, Descriptor, ImageManifest};
+use stagecoach_protocol::CacheLayout;
 
 use crate::plan::{DockerfileArgs, parse_build_args};
 
@@ -90,14 +89,10 @@ pub enum BuildError {
         /// What went wrong.
         message: String,
     },
-    /// A stage failed; the message names its instruction and line.
-    #[error("stage {stage}: {message}")]
-    Stage {
-        /// The stage's label.
-        stage: String,
-        /// The executor's message (with the output's last lines for a failing RUN).
-        message: String,
-    },
+    /// A stage failed (its message names the instruction and line) or its root could not
+    /// be made.
+    #[error(transparent)]
+    Local(#[from] LocalError),
     /// The content store failed.
     #[error(transparent)]
     Store(#[from] stagecoach_oci::store::StoreError),
@@ -204,6 +199,10 @@ fn source_date_epoch() -> Result<u64, BuildError> {
 
 /// One line of progress on standard error. Lines of parallel stages interleave whole.
 fn log(line: String) {
+    progress(&line);
+}
+
+fn progress(line: &str) {
     eprintln!("{line}");
 }
 
@@ -243,7 +242,8 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
     };
     let dockerfile = Dockerfile::parse(&text).map_err(|e| plan_err(e.into()))?;
     let plan = planner::plan(&dockerfile, &options).map_err(plan_err)?;
-    let global = planner::global_env(&dockerfile, &options).map_err(plan_err)?;
+    // Evaluated here only to fail before any pull; each stage job evaluates them again.
+    planner::global_env(&dockerfile, &options).map_err(plan_err)?;
     for warning in &plan.warnings {
         log(format!("warning: {warning}"));
     }
@@ -275,11 +275,20 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         path: cache_dir.display().to_string(),
         source,
     })?;
+    let layout = CacheLayout::new(&cache_dir);
     let store = ContentStore::open(&cache_dir)?;
-    let context = if dockerfile_path.as_os_str() == "-" {
-        BuildContext::open(&args.context)?
+    let dockerfile_path = if dockerfile_path.as_os_str() == "-" {
+        None
     } else {
-        BuildContext::open_for(&args.context, &dockerfile_path)?
+        // Checked now, so a context that cannot be read fails before any pull.
+        stagecoach_builder::context::BuildContext::open_for(&args.context, &dockerfile_path)?;
+        Some(
+            std::path::absolute(&dockerfile_path).map_err(|source| BuildError::Io {
+                action: "resolve",
+                path: dockerfile_path.display().to_string(),
+                source,
+            })?,
+        )
     };
 
     // Every image the needed stages read, pulled before anything runs.
@@ -295,22 +304,26 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
     images.dedup();
     let rt = pull::runtime()?;
     let client = pull::client(&args.insecure_registries)?;
-    let pulled = pull::pull_all(&rt, &client, &store, &images, &log)?;
+    let (pulled, pinned) = pull::pull_all(&rt, &client, &store, &images, &log)?;
 
-    let roots = roots::RootCache::open(&cache_dir)?;
-    let run = stages::Run {
+    let roots = RootCache::open(&layout, progress)?;
+    let run = LocalBuild {
+        dockerfile_text: &text,
+        dockerfile_path,
         dockerfile: &dockerfile,
         plan: &plan,
+        layout: &layout,
         store: &store,
-        context: &context,
+        context: &args.context,
         pulled: &pulled,
         roots: &roots,
-        args: stagecoach_builder::image_state::ArgSource { build_args, global },
+        build_args,
         no_cache: args.no_cache,
         secrets: &secrets,
         source_date_epoch: source_date_epoch()?,
+        log: progress,
     };
-    let work = stages::WorkDir::create(&cache_dir.join("work"))?;
+    let work = WorkDir::create(&layout.work(), progress)?;
     let done = run.run_waves(&work)?;
 
     // Assemble each target's image.
@@ -340,7 +353,7 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
         log(format!("[output] wrote oci:{}", dir.display()));
     }
     if args.push {
-        let mount_from: Vec<ImageRef> = pulled.values().map(|p| p.pinned.clone()).collect();
+        let mount_from: Vec<ImageRef> = pinned;
         for (label, manifest, _) in &built {
             for tag in &tags {
                 let pushed = rt
@@ -368,7 +381,7 @@ pub fn run(args: &BuildArgs) -> Result<(), BuildError> {
 
 /// Writes the image manifest of a finished stage into the store; returns its descriptor and
 /// the image's size (manifest, config and layers).
-fn assemble(store: &ContentStore, stage: &stages::Done) -> Result<(Descriptor, u64), BuildError> {
+fn assemble(store: &ContentStore, stage: &Done) -> Result<(Descriptor, u64), BuildError> {
     let output_err = |message: String| BuildError::Output {
         target: stage.label.clone(),
         message,

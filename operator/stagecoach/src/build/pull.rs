@@ -6,25 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use stagecoach_builder::executor::{BaseImage, LayerRecord};
+use stagecoach_builder::local::{Pulled, PulledImage};
 use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
 use stagecoach_oci::{ContentStore, ImageConfig, media_type};
+use stagecoach_protocol::LayerRecord;
 
 use super::BuildError;
-
-/// An image in the store, ready to unpack.
-#[derive(Debug, Clone)]
-pub struct PulledBase {
-    /// The reference pinned to its manifest digest (for messages and cross-repo mounts).
-    pub pinned: ImageRef,
-    /// Its image manifest's digest (names its unpacked root in the cache).
-    pub manifest: stagecoach_oci::Digest,
-    /// Config and layers, as the executor takes them.
-    pub base: BaseImage,
-}
-
-/// The images a build uses, by the reference text the Dockerfile wrote (after expansion).
-pub type Pulled = BTreeMap<String, PulledBase>;
 
 /// Builds the registry client from the CLI's options.
 pub fn client(insecure: &[String]) -> Result<RegistryClient, BuildError> {
@@ -55,13 +42,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
 }
 
 /// Pulls each image (manifest, config, layers) into `store`, all at once.
+/// Pulls each image (manifest, config, layers) into `store`, all at once; returns them with
+/// their pinned references (for cross-repository mounts when pushing).
 pub fn pull_all(
     rt: &tokio::runtime::Runtime,
     client: &RegistryClient,
     store: &ContentStore,
     images: &[String],
     log: &dyn Fn(String),
-) -> Result<Pulled, BuildError> {
+) -> Result<(Pulled, Vec<ImageRef>), BuildError> {
     let mut refs = Vec::new();
     for text in images {
         let reference = ImageRef::parse(text).map_err(|e| BuildError::Pull {
@@ -79,6 +68,7 @@ pub fn pull_all(
         futures_util::future::join_all(pulls).await
     });
     let mut out = BTreeMap::new();
+    let mut pinned = Vec::new();
     for (text, elapsed, pulled) in results {
         let pulled = pulled.map_err(|e| BuildError::Pull {
             image: text.clone(),
@@ -89,30 +79,32 @@ pub fn pull_all(
             pulled.manifest.digest,
             elapsed.as_secs_f64()
         ));
-        let base = base_image(
+        let layers = layer_records(
             &pulled.config.config,
             &pulled.manifest.manifest.layers,
             text,
         )?;
+        pinned.push(pulled.manifest.reference.clone());
         out.insert(
             text.clone(),
-            PulledBase {
-                pinned: pulled.manifest.reference.clone(),
+            PulledImage {
+                reference: pulled.manifest.reference.to_string(),
                 manifest: pulled.manifest.digest.clone(),
-                base,
+                config: pulled.config.config.clone(),
+                layers,
             },
         );
     }
-    Ok(out)
+    Ok((out, pinned))
 }
 
 /// Pairs the manifest's layers with the config's diffIDs; layer media types become OCI's
 /// (the blobs are the same bytes) so the built image's manifest is uniformly OCI.
-fn base_image(
+fn layer_records(
     config: &ImageConfig,
     layers: &[stagecoach_oci::Descriptor],
     text: &str,
-) -> Result<BaseImage, BuildError> {
+) -> Result<Vec<LayerRecord>, BuildError> {
     if layers.len() != config.rootfs.diff_ids.len() {
         return Err(BuildError::Pull {
             image: text.to_string(),
@@ -123,7 +115,7 @@ fn base_image(
             ),
         });
     }
-    let records = layers
+    Ok(layers
         .iter()
         .zip(&config.rootfs.diff_ids)
         .map(|(layer, diff_id)| LayerRecord {
@@ -132,9 +124,5 @@ fn base_image(
             diff_id: diff_id.clone(),
             size: layer.size,
         })
-        .collect();
-    Ok(BaseImage {
-        config: Some(config.clone()),
-        layers: records,
-    })
+        .collect())
 }

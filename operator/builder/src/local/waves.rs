@@ -1,8 +1,8 @@
-//! Running the plan's waves on this machine. Every stage gets a fresh root directory with its
-//! base's layers applied from the content store (a stage built on another stage re-applies
-//! that stage's layers, so the two never share a directory), and the stages of one wave run
-//! on their own threads. A wave is waited for as a whole: when a stage fails, the others of
-//! its wave finish what they are doing and the build stops before the next wave.
+//! Running the plan's waves on this machine. Every stage gets its own root (an overlay over
+//! the cached unpacked image at the bottom of its `FROM` chain, or a plain directory) and
+//! runs as a [`StageJob`] through [`run_job`], the wiring builder pods use too; the stages of
+//! one wave run on their own threads. A wave is waited for as a whole: when a stage fails,
+//! the others of its wave finish what they are doing and the build stops before the next.
 //!
 //! Images named by `COPY --from=<image>` are unpacked once, before the first wave, and handed
 //! to every stage that reads them like a finished stage's root.
@@ -10,19 +10,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use stagecoach_builder::context::BuildContext;
-use stagecoach_builder::executor::{
-    BaseImage, ExecutorOptions, LayerRecord, ProgressEvent, StageExecutor, StageSource, StageSpec,
-};
-use stagecoach_builder::image_state::ArgSource;
-use stagecoach_builder::runc::RuncRunner;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{Base, Plan};
 use stagecoach_oci::{ContentStore, Digest, ImageConfig};
+use stagecoach_protocol::job::{
+    ImageInput, JOB_VERSION, JobBase, JobOptions, SecretInput, StageInput, StageJob,
+};
+use stagecoach_protocol::{CacheLayout, LayerRecord};
 
-use super::pull::Pulled;
-use super::roots::{ChainStack, RootCache, apply_layers, unmount_all_under};
-use super::{BuildError, log};
+use super::roots::{ChainStack, RootCache, unmount_all_under};
+use super::{LocalError, Log, Pulled};
+use crate::executor::{HitStacker, ProgressEvent};
+use crate::job::{JobEnv, run_job};
+use crate::runc::RuncRunner;
 
 /// Read-only directories (top first) an overlay stacks to show a root, and how many of the
 /// stage's layers they hold.
@@ -35,6 +35,8 @@ pub struct Done {
     pub label: String,
     /// Its image config.
     pub config: ImageConfig,
+    /// That config's digest (the blob is in the store).
+    pub config_digest: Digest,
     /// All its layers, the base's first.
     pub layers: Vec<LayerRecord>,
     /// Read-only directories (top first) whose overlay shows this stage's final root, and
@@ -54,6 +56,7 @@ pub struct Done {
 #[derive(Debug)]
 pub struct WorkDir {
     dir: PathBuf,
+    log: Log,
     // Held (flock, exclusive) until the directory is removed.
     _lock: std::fs::File,
 }
@@ -62,16 +65,16 @@ const LOCK_FILE: &str = ".lock";
 
 impl WorkDir {
     /// A new, uniquely named directory under `parent`; stale ones are removed first.
-    pub fn create(parent: &Path) -> Result<Self, BuildError> {
+    pub fn create(parent: &Path, log: Log) -> Result<Self, LocalError> {
         let io = |action| {
-            move |source| BuildError::Io {
+            move |source| LocalError::Io {
                 action,
-                path: parent.display().to_string(),
+                path: parent.to_owned(),
                 source,
             }
         };
         std::fs::create_dir_all(parent).map_err(io("create"))?;
-        remove_stale(parent);
+        remove_stale(parent, log);
         // Made under another prefix and renamed once locked, so no other build ever sees a
         // `build-*` directory whose lock is free while its build runs.
         let fresh = tempfile::Builder::new()
@@ -91,10 +94,15 @@ impl WorkDir {
         std::fs::rename(fresh.path(), &dir).map_err(io("rename a work directory in"))?;
         // The rename moved it; the guard must not delete a path that no longer exists.
         let _ = fresh.keep();
-        Ok(WorkDir { dir, _lock: lock })
+        Ok(WorkDir {
+            dir,
+            log,
+            _lock: lock,
+        })
     }
 
-    fn path(&self) -> &Path {
+    /// The directory.
+    pub fn path(&self) -> &Path {
         &self.dir
     }
 
@@ -109,7 +117,7 @@ impl WorkDir {
 
 /// Removes work directories of builds that no longer run (their lock is free). Failures
 /// only warn: a leftover directory costs disk space, not correctness.
-fn remove_stale(parent: &Path) {
+fn remove_stale(parent: &Path, log: Log) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
@@ -124,13 +132,16 @@ fn remove_stale(parent: &Path) {
             continue;
         };
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
-            log(format!(
+            log(&format!(
                 "[build] removing the work directory of an earlier build that did not finish: {}",
                 path.display()
             ));
-            unmount_all_under(&path);
+            unmount_all_under(&path, log);
             if let Err(e) = std::fs::remove_dir_all(&path) {
-                log(format!("warning: could not remove {}: {e}", path.display()));
+                log(&format!(
+                    "warning: could not remove {}: {e}",
+                    path.display()
+                ));
             }
         }
     }
@@ -138,9 +149,9 @@ fn remove_stale(parent: &Path) {
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        unmount_all_under(&self.dir);
+        unmount_all_under(&self.dir, self.log);
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            log(format!(
+            (self.log)(&format!(
                 "warning: could not remove the work directory {}: {e}",
                 self.dir.display()
             ));
@@ -150,47 +161,56 @@ impl Drop for WorkDir {
 
 /// Everything the stages of one build share.
 #[derive(Debug)]
-pub struct Run<'a> {
+pub struct LocalBuild<'a> {
+    /// The Dockerfile's text (each stage's job carries it).
+    pub dockerfile_text: &'a str,
+    /// The Dockerfile's path (absolute, or relative to the context), for its own
+    /// `<Dockerfile>.dockerignore`; `None` when it came from standard input.
+    pub dockerfile_path: Option<PathBuf>,
     /// The parsed Dockerfile.
     pub dockerfile: &'a Dockerfile,
     /// Its plan.
     pub plan: &'a Plan,
-    /// The content store (also the cache root).
+    /// The cache.
+    pub layout: &'a CacheLayout,
+    /// Its content store.
     pub store: &'a ContentStore,
-    /// The build context.
-    pub context: &'a BuildContext,
-    /// The pulled base images.
+    /// The build context directory.
+    pub context: &'a Path,
+    /// The pulled images.
     pub pulled: &'a Pulled,
     /// Their unpacked roots.
     pub roots: &'a RootCache,
-    /// Build args and the global ARG scope.
-    pub args: ArgSource,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
     /// `--no-cache`.
     pub no_cache: bool,
     /// `--secret` ids and files.
     pub secrets: &'a [(String, PathBuf)],
     /// Timestamps in layers and configs.
     pub source_date_epoch: u64,
+    /// Where progress goes.
+    pub log: Log,
 }
 
-impl Run<'_> {
+impl LocalBuild<'_> {
     /// Runs every wave; returns the finished stages by index.
-    pub fn run_waves(&self, work: &WorkDir) -> Result<BTreeMap<usize, Done>, BuildError> {
+    pub fn run_waves(&self, work: &WorkDir) -> Result<BTreeMap<usize, Done>, LocalError> {
         let runner = RuncRunner::new()
             .with_bundle_parent(work.path().join("bundles"))
             .with_state_root(work.path().join("runc"));
         for dir in ["bundles", "runc"] {
             let path = work.path().join(dir);
-            std::fs::create_dir_all(&path).map_err(|source| BuildError::Io {
+            std::fs::create_dir_all(&path).map_err(|source| LocalError::Io {
                 action: "create",
-                path: path.display().to_string(),
+                path: path.clone(),
                 source,
             })?;
         }
         let images = self.unpack_copy_images()?;
         let mut done: BTreeMap<usize, Done> = BTreeMap::new();
         for wave in &self.plan.waves {
-            let results: Vec<Result<Done, BuildError>> = std::thread::scope(|scope| {
+            let results: Vec<Result<Done, LocalError>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = wave
                     .iter()
                     .map(|&i| {
@@ -205,9 +225,8 @@ impl Run<'_> {
                     .zip(wave)
                     .map(|(h, &i)| {
                         h.join().unwrap_or_else(|_| {
-                            Err(BuildError::Stage {
+                            Err(LocalError::Panicked {
                                 stage: self.plan.stages[i].label(),
-                                message: "the stage's thread panicked".into(),
                             })
                         })
                     })
@@ -232,9 +251,8 @@ impl Run<'_> {
     }
 
     /// The unpacked root of each image read by `COPY --from=<image>` (read only, shared with
-    /// other builds), named as the instruction writes it (the executor matches `--from`
-    /// values lower-cased).
-    fn unpack_copy_images(&self) -> Result<Vec<StageSource>, BuildError> {
+    /// other builds), named as the instruction writes it.
+    fn unpack_copy_images(&self) -> Result<Vec<ImageInput>, LocalError> {
         let mut names: Vec<&String> = self
             .plan
             .waves
@@ -246,61 +264,106 @@ impl Run<'_> {
         names.dedup();
         let mut out = Vec::new();
         for name in names {
-            let pulled = self.pulled.get(name).ok_or_else(|| BuildError::Pull {
+            let pulled = self.pulled.get(name).ok_or_else(|| LocalError::NotPulled {
                 image: name.clone(),
-                message: "not pulled".into(),
             })?;
-            let root =
-                self.roots
-                    .image_root(self.store, &pulled.manifest, &pulled.base.layers, name)?;
-            out.push(StageSource {
-                name: Some(name.to_ascii_lowercase()),
+            let root = self
+                .roots
+                .image_root(self.store, &pulled.manifest, &pulled.layers, name)?;
+            out.push(ImageInput {
+                name: name.clone(),
                 root,
             });
         }
         Ok(out)
     }
 
-    /// Makes the stage's root: an overlay over the cached unpacked image at the bottom of
-    /// its `FROM` chain with the remaining layers applied, or, without overlay, a plain
-    /// directory with all of them applied. Returns the root and the lower layers used.
+    /// Makes the stage's root: an overlay over the lowers with the remaining layers to apply,
+    /// or, without overlay, a plain directory with all of them to apply. Returns the root,
+    /// the lowers used and the layers the job applies.
     fn prepare_root(
         &self,
         index: usize,
         work: &WorkDir,
-        base: &BaseImage,
+        layers: &[LayerRecord],
         lower: Lowers,
-        label: &str,
-    ) -> Result<(PathBuf, Lowers), BuildError> {
-        let t0 = std::time::Instant::now();
+    ) -> Result<(PathBuf, Lowers, Vec<LayerRecord>), LocalError> {
         if let Some((lowers, covered)) = &lower
             && let Some(root) = self.roots.mount_stage(lowers, &work.stage_dir(index))?
         {
-            let rest = base.layers.get(*covered..).unwrap_or_default();
-            apply_layers(self.store, &root, rest, label)?;
-            log(format!(
-                "[{label}] root: cached base + {} layers in {:.1}s",
-                rest.len(),
-                t0.elapsed().as_secs_f64()
-            ));
-            return Ok((root, lower));
+            let rest = layers.get(*covered..).unwrap_or_default().to_vec();
+            return Ok((root, lower, rest));
         }
         let root = work.stage_root(index);
-        std::fs::create_dir_all(&root).map_err(|source| BuildError::Io {
+        std::fs::create_dir_all(&root).map_err(|source| LocalError::Io {
             action: "create",
-            path: root.display().to_string(),
+            path: root.clone(),
             source,
         })?;
-        apply_layers(self.store, &root, &base.layers, label)?;
-        if !base.layers.is_empty() {
-            log(format!(
-                "[{label}] root: {} layers unpacked in {:.1}s",
-                base.layers.len(),
-                t0.elapsed().as_secs_f64()
-            ));
-        }
         // A plain directory: nothing for stages built on this one to stack.
-        Ok((root, None))
+        Ok((root, None, layers.to_vec()))
+    }
+
+    /// What the stage starts from, as its job says it, with the overlay lowers and the
+    /// chain ID its root starts as.
+    fn base(
+        &self,
+        index: usize,
+        done: &BTreeMap<usize, Done>,
+    ) -> Result<(JobBase, Vec<LayerRecord>, Lowers, Option<Digest>), LocalError> {
+        let planned = &self.plan.stages[index];
+        match &planned.base {
+            Base::Scratch => Ok((JobBase::Scratch, Vec::new(), None, None)),
+            Base::Image(image) => {
+                let pulled = self
+                    .pulled
+                    .get(image)
+                    .ok_or_else(|| LocalError::NotPulled {
+                        image: image.clone(),
+                    })?;
+                let lower = if self.roots.overlay_enabled() {
+                    let root = self.roots.image_root(
+                        self.store,
+                        &pulled.manifest,
+                        &pulled.layers,
+                        &planned.label(),
+                    )?;
+                    Some((vec![root], pulled.layers.len()))
+                } else {
+                    None
+                };
+                let chain = stagecoach_oci::chain_ids(&pulled.config.rootfs.diff_ids).pop();
+                let config =
+                    serde_json::to_value(&pulled.config).map_err(|source| LocalError::Encode {
+                        stage: planned.label(),
+                        source,
+                    })?;
+                let base = JobBase::Image {
+                    reference: pulled.reference.clone(),
+                    manifest: pulled.manifest.clone(),
+                    config,
+                    layers: pulled.layers.clone(),
+                };
+                Ok((base, pulled.layers.clone(), lower, chain))
+            }
+            Base::Stage(j) => {
+                let parent = done.get(j).ok_or_else(|| LocalError::NotRun {
+                    stage: planned.label(),
+                    needed: *j,
+                })?;
+                let base = JobBase::Stage {
+                    index: *j,
+                    config: parent.config_digest.clone(),
+                    layers: parent.layers.clone(),
+                };
+                Ok((
+                    base,
+                    parent.layers.clone(),
+                    parent.lower.clone(),
+                    parent.chain.clone(),
+                ))
+            }
+        }
     }
 
     fn run_stage(
@@ -308,59 +371,14 @@ impl Run<'_> {
         index: usize,
         work: &WorkDir,
         done: &BTreeMap<usize, Done>,
-        images: &[StageSource],
+        images: &[ImageInput],
         runner: &RuncRunner,
-    ) -> Result<Done, BuildError> {
+    ) -> Result<Done, LocalError> {
         let planned = &self.plan.stages[index];
         let label = planned.label();
-        let stage_err = |message: String| BuildError::Stage {
-            stage: label.clone(),
-            message,
-        };
-        let (base, lower) = match &planned.base {
-            Base::Scratch => (BaseImage::default(), None),
-            Base::Image(image) => {
-                let pulled = self
-                    .pulled
-                    .get(image)
-                    .ok_or_else(|| stage_err(format!("base image {image} was not pulled")))?;
-                let lower = if self.roots.overlay_enabled() {
-                    let root = self.roots.image_root(
-                        self.store,
-                        &pulled.manifest,
-                        &pulled.base.layers,
-                        &label,
-                    )?;
-                    Some((vec![root], pulled.base.layers.len()))
-                } else {
-                    None
-                };
-                (pulled.base.clone(), lower)
-            }
-            Base::Stage(j) => {
-                let parent = done
-                    .get(j)
-                    .ok_or_else(|| stage_err(format!("base stage {j} has not run")))?;
-                let base = BaseImage {
-                    config: Some(parent.config.clone()),
-                    layers: parent.layers.clone(),
-                };
-                (base, parent.lower.clone())
-            }
-        };
-        let chain = match &planned.base {
-            Base::Image(_) => {
-                let diff_ids = base
-                    .config
-                    .as_ref()
-                    .map(|c| c.rootfs.diff_ids.clone())
-                    .unwrap_or_default();
-                stagecoach_oci::chain_ids(&diff_ids).pop()
-            }
-            Base::Stage(j) => done.get(j).and_then(|d| d.chain.clone()),
-            Base::Scratch => None,
-        };
-        let (root, lower) = self.prepare_root(index, work, &base, lower, &label)?;
+        let (base, layers, lower, chain) = self.base(index, done)?;
+        let t0 = std::time::Instant::now();
+        let (root, lower, apply) = self.prepare_root(index, work, &layers, lower)?;
         let stack = match (&lower, chain) {
             (Some((lowers, _)), Some(chain)) => Some(ChainStack::new(
                 self.roots,
@@ -371,52 +389,88 @@ impl Run<'_> {
             )),
             _ => None,
         };
-        let options = ExecutorOptions {
-            no_cache: self.no_cache,
-            source_date_epoch: self.source_date_epoch,
-            ..ExecutorOptions::default()
-        };
-        let mut executor = StageExecutor::new(self.store, &root, self.context, runner, options)
-            .map_err(|e| stage_err(e.to_string()))?;
-        if let Some(stack) = &stack {
-            executor = executor.with_stacker(stack);
-        }
-        for &j in &planned.depends_on {
-            executor = executor.with_stage(
-                j,
-                StageSource {
+        let applied = apply.len();
+        let job = StageJob {
+            version: JOB_VERSION,
+            build: work
+                .path()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            dockerfile: self.dockerfile_text.to_string(),
+            dockerfile_path: self.dockerfile_path.clone(),
+            stage: index,
+            label: label.clone(),
+            build_args: self.build_args.clone(),
+            base,
+            root,
+            apply,
+            context: self.context.to_owned(),
+            cache: self.layout.root().to_owned(),
+            stages: planned
+                .depends_on
+                .iter()
+                .map(|&j| StageInput {
+                    index: j,
                     name: self.plan.stages[j].name.clone(),
                     root: work.stage_root(j),
-                },
-            );
-        }
-        for (id, path) in self.secrets {
-            executor = executor.with_secret(id, path);
-        }
-        // External images get indices past the stages so they never shadow one.
-        for (n, image) in images.iter().enumerate() {
-            if planned
-                .images
+                })
+                .collect(),
+            images: images
                 .iter()
-                .any(|i| Some(i.to_ascii_lowercase()) == image.name)
-            {
-                executor = executor.with_stage(self.plan.stages.len() + n, image.clone());
+                .filter(|image| {
+                    planned
+                        .images
+                        .iter()
+                        .any(|i| i.eq_ignore_ascii_case(&image.name))
+                })
+                .cloned()
+                .collect(),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|(id, path)| SecretInput {
+                    id: id.clone(),
+                    path: path.clone(),
+                })
+                .collect(),
+            options: JobOptions {
+                no_cache: self.no_cache,
+                source_date_epoch: self.source_date_epoch,
+                ..JobOptions::default()
+            },
+            result: None,
+        };
+        let log = self.log;
+        let mut first_step = true;
+        let mut progress = |event: &ProgressEvent<'_>| {
+            if first_step && applied > 0 {
+                // The job applied the parent layers the overlay does not hold.
+                first_step = false;
+                log(&format!(
+                    "[{label}] root: {applied} layers applied in {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                ));
             }
-        }
-        let spec = StageSpec {
-            label: label.clone(),
-            instructions: &self.dockerfile.stages[index].instructions,
-            escape: self.dockerfile.escape,
-            args: self.args.clone(),
-            base,
+            match event {
+                ProgressEvent::StepStarted { .. } => log(&event.to_string()),
+                _ => log(&format!("[{label}] {event}")),
+            }
         };
-        let mut progress = |event: &ProgressEvent<'_>| match event {
-            ProgressEvent::StepStarted { .. } => log(event.to_string()),
-            _ => log(format!("[{label}] {event}")),
+        let env = JobEnv {
+            runner,
+            stacker: stack.as_ref().map(|s| s as &dyn HitStacker),
         };
-        let outcome = executor.run(&spec, &mut progress);
-        match (outcome.error, outcome.config) {
-            (None, Some(config)) => {
+        let outcome = run_job(&job, env, &mut progress).map_err(|source| LocalError::Job {
+            stage: label.clone(),
+            source: Box::new(source),
+        })?;
+        match (
+            outcome.error,
+            outcome.config,
+            outcome.result.config_digest.clone(),
+        ) {
+            (None, Some(config), Some(config_digest)) => {
                 // Children built on this stage stack its upper directory over its lowers
                 // instead of applying its layers again; the root becomes read-only.
                 // Hits may have stacked more lowers; an empty upper means the root is
@@ -439,7 +493,7 @@ impl Run<'_> {
                         .map(|stack| (stack, outcome.result.layers.len())),
                     None => None,
                 };
-                log(format!(
+                log(&format!(
                     "[{label}] done in {:.1}s, {} of {} steps cached",
                     outcome.result.duration_ms as f64 / 1000.0,
                     outcome.result.cache_hits,
@@ -448,25 +502,22 @@ impl Run<'_> {
                 Ok(Done {
                     label,
                     config,
+                    config_digest,
                     layers: outcome.result.layers,
                     lower,
                     chain,
                 })
             }
-            (Some(error), _) => {
-                let mut message = error.to_string();
-                if let Some(failed) = &outcome.result.failed_step
-                    && !failed.tail.is_empty()
-                {
-                    message.push_str("\n  last output:");
-                    for line in &failed.tail {
-                        message.push_str("\n  | ");
-                        message.push_str(line);
-                    }
-                }
-                Err(stage_err(message))
-            }
-            (None, None) => Err(stage_err("the stage produced no config".into())),
+            (Some(source), _, _) => Err(LocalError::Stage {
+                stage: label,
+                source,
+                tail: outcome
+                    .result
+                    .failed_step
+                    .map(|f| f.tail)
+                    .unwrap_or_default(),
+            }),
+            (None, _, _) => Err(LocalError::NoConfig { stage: label }),
         }
     }
 }

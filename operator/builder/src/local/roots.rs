@@ -16,11 +16,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use stagecoach_builder::executor::LayerRecord;
 use stagecoach_oci::layer::{ApplyOptions, apply_layer_blob};
 use stagecoach_oci::{ContentStore, Digest};
+use stagecoach_protocol::{CacheLayout, LayerRecord};
 
-use super::{BuildError, log};
+use super::{LocalError, Log};
+use crate::executor::StackError;
 
 /// Room for `lowerdir=` in the mount options, which must fit in one page with the rest.
 const MAX_LOWERDIR: usize = 3 * 1024;
@@ -34,35 +35,9 @@ fn overlay_data(lowerdir: &str, upper: &Path, work: &Path) -> String {
     )
 }
 
-/// Applies `layers` onto `root` in order, checking each diffID.
-pub fn apply_layers(
-    store: &ContentStore,
-    root: &Path,
-    layers: &[LayerRecord],
-    what: &str,
-) -> Result<(), BuildError> {
-    let err = |message: String| BuildError::Stage {
-        stage: what.to_string(),
-        message,
-    };
-    for layer in layers {
-        let digest = layer.digest.clone();
-        let diff_id = layer.diff_id.clone();
-        apply_layer_blob(
-            store,
-            &digest,
-            Some(&diff_id),
-            root,
-            &ApplyOptions::default(),
-        )
-        .map_err(|e| err(format!("unpacking layer {digest}: {e}")))?;
-    }
-    Ok(())
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BuildError {
-    let path = path.display().to_string();
-    move |source| BuildError::Io {
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> LocalError {
+    let path = path.to_owned();
+    move |source| LocalError::Io {
         action,
         path,
         source,
@@ -73,19 +48,21 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> B
 #[derive(Debug)]
 pub struct RootCache {
     dir: PathBuf,
+    log: Log,
     // Cleared after the first failed mount, so the fallback is decided (and said) once.
     overlay: AtomicBool,
 }
 
 impl RootCache {
     /// The cache under `cache_dir/roots`.
-    pub fn open(cache_dir: &Path) -> Result<Self, BuildError> {
-        let dir = cache_dir.join("roots");
+    pub fn open(layout: &CacheLayout, log: Log) -> Result<Self, LocalError> {
+        let dir = layout.roots();
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         // STAGECOACH_BUILD_OVERLAY=0 forces the plain-directory path (tests compare both).
         let overlay = std::env::var("STAGECOACH_BUILD_OVERLAY").as_deref() != Ok("0");
         Ok(RootCache {
             dir,
+            log,
             overlay: AtomicBool::new(overlay),
         })
     }
@@ -98,7 +75,7 @@ impl RootCache {
         manifest: &Digest,
         layers: &[LayerRecord],
         what: &str,
-    ) -> Result<PathBuf, BuildError> {
+    ) -> Result<PathBuf, LocalError> {
         let done = self.dir.join(manifest.hex());
         if done.is_dir() {
             return Ok(done);
@@ -108,7 +85,12 @@ impl RootCache {
             .prefix(".unpack-")
             .tempdir_in(&self.dir)
             .map_err(io_err("create a directory in", &self.dir))?;
-        apply_layers(store, tmp.path(), layers, what)?;
+        crate::job::apply_layers(store, tmp.path(), layers, &ApplyOptions::default()).map_err(
+            |source| LocalError::Job {
+                stage: what.to_string(),
+                source: Box::new(source),
+            },
+        )?;
         match std::fs::rename(tmp.path(), &done) {
             Ok(()) => {
                 // Renamed away: nothing left for the guard to delete.
@@ -118,7 +100,7 @@ impl RootCache {
             Err(_) if done.is_dir() => {}
             Err(e) => return Err(io_err("rename into", &done)(e)),
         }
-        log(format!(
+        (self.log)(&format!(
             "[{what}] unpacked {} layers into the cache in {:.1}s",
             layers.len(),
             t0.elapsed().as_secs_f64()
@@ -138,7 +120,7 @@ impl RootCache {
         &self,
         lowers: &[PathBuf],
         stage_dir: &Path,
-    ) -> Result<Option<PathBuf>, BuildError> {
+    ) -> Result<Option<PathBuf>, LocalError> {
         if !self.overlay.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -162,7 +144,7 @@ impl RootCache {
         &self,
         stage_dir: &Path,
         lowers: &[PathBuf],
-    ) -> Result<Option<Vec<PathBuf>>, BuildError> {
+    ) -> Result<Option<Vec<PathBuf>>, LocalError> {
         let merged = stage_dir.join("rootfs");
         let mut stack = vec![stage_dir.join("upper")];
         stack.extend(lowers.iter().cloned());
@@ -197,7 +179,7 @@ impl RootCache {
 
     /// The `lowerdir=` value for `lowers`, or `None` when a path cannot be written in mount
     /// options or the whole would not fit in them (one page).
-    fn lowerdir(&self, lowers: &[PathBuf]) -> Result<Option<String>, BuildError> {
+    fn lowerdir(&self, lowers: &[PathBuf]) -> Result<Option<String>, LocalError> {
         let mut parts = Vec::with_capacity(lowers.len());
         for p in lowers {
             let text = p.to_string_lossy();
@@ -214,14 +196,14 @@ impl RootCache {
 
     /// Mounts an overlay; false (after saying why, once, and turning overlay off for the
     /// rest of the build) when the kernel refuses.
-    fn mount(&self, target: &Path, data: &str) -> Result<bool, BuildError> {
+    fn mount(&self, target: &Path, data: &str) -> Result<bool, LocalError> {
         if !self.overlay.load(Ordering::Relaxed) {
             return Ok(false);
         }
         self.mount_anyway(target, data)
     }
 
-    fn mount_anyway(&self, target: &Path, data: &str) -> Result<bool, BuildError> {
+    fn mount_anyway(&self, target: &Path, data: &str) -> Result<bool, LocalError> {
         let data = std::ffi::CString::new(data)
             .map_err(|e| io_err("mount an overlay at", target)(std::io::Error::other(e)))?;
         match rustix::mount::mount(
@@ -241,7 +223,7 @@ impl RootCache {
 
     fn disable(&self, why: &str) {
         if self.overlay.swap(false, Ordering::Relaxed) {
-            log(format!(
+            (self.log)(&format!(
                 "[build] overlay mounts unavailable ({why}); each stage unpacks its base instead"
             ));
         }
@@ -250,21 +232,21 @@ impl RootCache {
 
 /// Unmounts every mount at or below `dir`, deepest first (detached, so a stray open file
 /// does not keep a build's work directory from being removed).
-pub fn unmount_all_under(dir: &Path) {
+pub fn unmount_all_under(dir: &Path, log: Log) {
     let Ok(info) = std::fs::read("/proc/self/mountinfo") else {
         return;
     };
     let Ok(canonical) = std::fs::canonicalize(dir) else {
         return;
     };
-    let mut points: Vec<PathBuf> = stagecoach_builder::snapshot::mount_points(&info)
+    let mut points: Vec<PathBuf> = crate::snapshot::mount_points(&info)
         .into_iter()
         .filter(|p| p.starts_with(&canonical))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         if let Err(e) = rustix::mount::unmount(&p, rustix::mount::UnmountFlags::DETACH) {
-            log(format!("warning: could not unmount {}: {e}", p.display()));
+            log(&format!("warning: could not unmount {}: {e}", p.display()));
         }
     }
 }
@@ -315,16 +297,11 @@ impl<'a> ChainStack<'a> {
         (st.chain.clone(), st.lowers.clone())
     }
 
-    fn stack_inner(&self, layer: &LayerRecord) -> Result<bool, BuildError> {
+    fn stack_inner(&self, layer: &LayerRecord) -> Result<bool, LocalError> {
         let mut st = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let err = |m: String| BuildError::Io {
-            action: "stack a layer in",
-            path: self.stage_dir.display().to_string(),
-            source: std::io::Error::other(m),
-        };
         let digest = layer.digest.clone();
         let diff_id = layer.diff_id.clone();
         let next = Digest::of_bytes(format!("{} {diff_id}", st.chain).as_bytes());
@@ -363,16 +340,16 @@ impl<'a> ChainStack<'a> {
         if self.roots.mount_anyway(&merged, &data(&previous))? {
             Ok(false)
         } else {
-            Err(err(
-                "overlay refused the stage's previous layers again".into()
-            ))
+            Err(io_err("remount", &merged)(std::io::Error::other(
+                "overlay refused the stage's previous layers again",
+            )))
         }
     }
 }
 
-impl stagecoach_builder::executor::HitStacker for ChainStack<'_> {
-    fn stack(&self, layer: &LayerRecord) -> Result<bool, String> {
-        self.stack_inner(layer).map_err(|e| e.to_string())
+impl crate::executor::HitStacker for ChainStack<'_> {
+    fn stack(&self, layer: &LayerRecord) -> Result<bool, StackError> {
+        Ok(self.stack_inner(layer)?)
     }
 }
 
@@ -387,7 +364,7 @@ impl RootCache {
         digest: &Digest,
         diff_id: &Digest,
         dir: &Path,
-    ) -> Result<bool, BuildError> {
+    ) -> Result<bool, LocalError> {
         let chains = self.dir.join("chains");
         std::fs::create_dir_all(&chains).map_err(io_err("create", &chains))?;
         let tmp = tempfile::Builder::new()
@@ -412,9 +389,9 @@ impl RootCache {
             apply_layer_blob(store, digest, Some(diff_id), &mnt, &ApplyOptions::default());
         rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::empty())
             .map_err(|e| io_err("unmount", &mnt)(e.into()))?;
-        applied.map_err(|e| BuildError::Stage {
-            stage: "cache".into(),
-            message: format!("unpacking layer {digest} into the chain cache: {e}"),
+        applied.map_err(|source| LocalError::Chain {
+            layer: digest.clone(),
+            source,
         })?;
         match std::fs::rename(&upper, dir) {
             Ok(()) => Ok(true),

@@ -1,0 +1,287 @@
+//! Running one [`StageJob`]: the single wiring between the stage protocol and the
+//! [`StageExecutor`], shared by `stagecoach stage` (a builder pod: the root is `/`, RUN in
+//! place) and `stagecoach build` (one machine: an overlay root, RUN under runc). Whatever
+//! differs between the two is in the job (its root, its layers to apply) or in the runner,
+//! never in this code, so a difference in their results is a bug a test can find.
+//!
+//! Order: read the Dockerfile and the stage the job names, open the context and the store,
+//! resolve the base (an image's config from the job, a parent stage's from the store), apply
+//! the job's layers onto the root, then run the executor. Applying in place over a
+//! container's own root never touches its mount points, `/proc`, `/sys` or `/dev`.
+
+use std::path::{Path, PathBuf};
+
+use stagecoach_dockerfile::planner::{self, PlanOptions};
+use stagecoach_dockerfile::{Dockerfile, InstructionError, PlanError};
+use stagecoach_oci::layer::{ApplyError, apply_layer_blob};
+use stagecoach_oci::store::StoreError;
+use stagecoach_oci::{ApplyOptions, ContentStore, ImageConfig};
+use stagecoach_protocol::job::{JobBase, StageJob};
+use stagecoach_protocol::{Digest, ExitCode, LayerRecord, StageReason, StageResult};
+
+use crate::context::{BuildContext, ContextError};
+use crate::executor::{
+    BaseImage, ExecutorError, ExecutorOptions, HitStacker, Progress, StageExecutor, StageOutcome,
+    StageSource, StageSpec,
+};
+use crate::image_state::ArgSource;
+use crate::runner::Runner;
+
+/// Why a job could not get as far as its first instruction.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The job's Dockerfile does not parse (the controller parsed it before, so the job is
+    /// not the one it made).
+    #[error("the job's Dockerfile does not parse: {0}")]
+    Dockerfile(#[source] InstructionError),
+    /// The job names a stage the Dockerfile does not have.
+    #[error("the job names stage {stage}, but the Dockerfile has {count} stages")]
+    NoSuchStage {
+        /// The index in the job.
+        stage: usize,
+        /// How many there are.
+        count: usize,
+    },
+    /// The global ARGs cannot be evaluated with the job's build args.
+    #[error("the job's build arguments do not fit its Dockerfile: {0}")]
+    Args(#[source] PlanError),
+    /// The base image's config in the job is not an image config.
+    #[error("the job's base image config is not valid: {0}")]
+    BaseConfig(#[source] serde_json::Error),
+    /// The parent stage's config is not in the store or does not parse.
+    #[error("cannot read the config {digest} of parent stage {stage}: {message}")]
+    StageConfig {
+        /// The parent stage.
+        stage: usize,
+        /// Its config's digest.
+        digest: Digest,
+        /// What went wrong.
+        message: String,
+    },
+    /// The build context cannot be opened.
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    /// The cache's content store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// One of the job's layers could not be applied onto the root.
+    #[error("applying layer {layer} onto {}: {source}", root.display())]
+    Apply {
+        /// The layer.
+        layer: Digest,
+        /// The root.
+        root: PathBuf,
+        /// The cause.
+        #[source]
+        source: ApplyError,
+    },
+    /// The executor could not be set up.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+}
+
+impl JobError {
+    /// The stable reason.
+    pub fn reason(&self) -> StageReason {
+        match self {
+            JobError::Dockerfile(_)
+            | JobError::NoSuchStage { .. }
+            | JobError::Args(_)
+            | JobError::BaseConfig(_) => StageReason::InvalidJob,
+            JobError::StageConfig { .. } | JobError::Store(_) => StageReason::StoreFailed,
+            JobError::Context(_) => StageReason::SourceReadFailed,
+            JobError::Apply { .. } => StageReason::LayerApplyFailed,
+            JobError::Executor(e) => e.reason(),
+        }
+    }
+
+    /// The exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            JobError::Executor(e) => e.exit_code(),
+            other => other
+                .reason()
+                .exit_code()
+                .unwrap_or(ExitCode::Infrastructure),
+        }
+    }
+
+    /// The result a stage run reports for this failure.
+    pub fn to_result(&self) -> StageResult {
+        StageResult::failed_early(self.reason(), self.exit_code().code(), self.to_string())
+    }
+}
+
+/// What a runner adds to a job on this machine.
+#[derive(Clone, Copy)]
+pub struct JobEnv<'a> {
+    /// Runs RUN steps.
+    pub runner: &'a dyn Runner,
+    /// Takes cache hits as overlay layers (local builds only).
+    pub stacker: Option<&'a dyn HitStacker>,
+}
+
+impl std::fmt::Debug for JobEnv<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEnv")
+            .field("can_mount", &self.runner.can_mount())
+            .field("stacker", &self.stacker.is_some())
+            .finish()
+    }
+}
+
+/// Runs the job's stage. `Err` only when the job could not reach its first instruction;
+/// a failing instruction is an `Ok` outcome with its error inside, as the executor reports.
+pub fn run_job(
+    job: &StageJob,
+    env: JobEnv<'_>,
+    progress: &mut dyn Progress,
+) -> Result<StageOutcome, JobError> {
+    let dockerfile = Dockerfile::parse(&job.dockerfile).map_err(JobError::Dockerfile)?;
+    let stage = dockerfile
+        .stages
+        .get(job.stage)
+        .ok_or(JobError::NoSuchStage {
+            stage: job.stage,
+            count: dockerfile.stages.len(),
+        })?;
+    let plan_options = PlanOptions {
+        build_args: job.build_args.clone(),
+        ..PlanOptions::default()
+    };
+    let global = planner::global_env(&dockerfile, &plan_options).map_err(JobError::Args)?;
+    let context = match &job.dockerfile_path {
+        Some(path) => BuildContext::open_for(&job.context, &job.context.join(path))?,
+        None => BuildContext::open(&job.context)?,
+    };
+    let store = ContentStore::open(&job.cache)?;
+    let base = base_image(&store, &job.base)?;
+
+    let mut apply = ApplyOptions {
+        protected: protected_paths(&job.root),
+        ..ApplyOptions::default()
+    };
+    apply.protected.extend(job.options.own_dirs.iter().cloned());
+    apply_layers(&store, &job.root, &job.apply, &apply)?;
+
+    let options = ExecutorOptions {
+        no_cache: job.options.no_cache,
+        source_date_epoch: job.options.source_date_epoch,
+        architecture: job.options.architecture.clone(),
+        run_timeout: job
+            .options
+            .run_timeout_seconds
+            .map(std::time::Duration::from_secs),
+        tail_lines: job.options.tail_lines,
+        own_dirs: job.options.own_dirs.clone(),
+        apply,
+        ..ExecutorOptions::default()
+    };
+    let mut executor = StageExecutor::new(&store, &job.root, &context, env.runner, options)?;
+    if let Some(stacker) = env.stacker {
+        executor = executor.with_stacker(stacker);
+    }
+    for input in &job.stages {
+        executor = executor.with_stage(
+            input.index,
+            StageSource {
+                name: input.name.clone(),
+                root: input.root.clone(),
+            },
+        );
+    }
+    // External images get indices past the stages so they never shadow one.
+    for (n, image) in job.images.iter().enumerate() {
+        executor = executor.with_stage(
+            dockerfile.stages.len() + n,
+            StageSource {
+                name: Some(image.name.to_ascii_lowercase()),
+                root: image.root.clone(),
+            },
+        );
+    }
+    for secret in &job.secrets {
+        executor = executor.with_secret(&secret.id, &secret.path);
+    }
+    let spec = StageSpec {
+        label: job.label.clone(),
+        instructions: &stage.instructions,
+        escape: dockerfile.escape,
+        args: ArgSource {
+            build_args: job.build_args.clone(),
+            global,
+        },
+        base,
+    };
+    Ok(executor.run(&spec, progress))
+}
+
+fn base_image(store: &ContentStore, base: &JobBase) -> Result<BaseImage, JobError> {
+    match base {
+        JobBase::Scratch => Ok(BaseImage::default()),
+        JobBase::Image { config, layers, .. } => Ok(BaseImage {
+            config: Some(
+                serde_json::from_value::<ImageConfig>(config.clone())
+                    .map_err(JobError::BaseConfig)?,
+            ),
+            layers: layers.clone(),
+        }),
+        JobBase::Stage {
+            index,
+            config,
+            layers,
+        } => {
+            let err = |message: String| JobError::StageConfig {
+                stage: *index,
+                digest: config.clone(),
+                message,
+            };
+            let bytes = store
+                .read_to_vec(config, 16 << 20)
+                .map_err(|e| err(e.to_string()))?;
+            let parsed = ImageConfig::from_json(&bytes).map_err(|e| err(e.to_string()))?;
+            Ok(BaseImage {
+                config: Some(parsed),
+                layers: layers.clone(),
+            })
+        }
+    }
+}
+
+/// Applies `layers` onto `root` in order, checking each diffID.
+pub fn apply_layers(
+    store: &ContentStore,
+    root: &Path,
+    layers: &[LayerRecord],
+    options: &ApplyOptions,
+) -> Result<(), JobError> {
+    for layer in layers {
+        apply_layer_blob(store, &layer.digest, Some(&layer.diff_id), root, options).map_err(
+            |source| JobError::Apply {
+                layer: layer.digest.clone(),
+                root: root.to_owned(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What applying in place must never touch: every mount point strictly below `root` (in a
+/// pod: kubelet's `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, `/dev/termination-log`,
+/// the cache volume, secret and cache mounts, the binary's directory), and, when the root is
+/// the container's own `/`, `/proc`, `/sys` and `/dev`.
+pub fn protected_paths(root: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read("/proc/self/mountinfo")
+        .map(|info| crate::snapshot::mount_points(&info))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p != root && p.starts_with(root))
+        .collect();
+    if root == Path::new("/") {
+        out.extend(["/proc", "/sys", "/dev"].map(PathBuf::from));
+    }
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,133 @@
+//! `stagecoach stage --spec FILE`: one stage job, the command a builder pod runs. The pod's
+//! root filesystem is the stage's root, so RUN steps run in place
+//! ([`stagecoach_builder::inplace`]); the job goes through the same
+//! [`stagecoach_builder::job::run_job`] as every stage of `stagecoach build`.
+//!
+//! Contract: progress goes to standard error (the pod's log); the result goes, within 4 KiB,
+//! to the termination-message file and, in full, to the job's `result` path on the cache
+//! volume; the process exits with the typed exit code (`ExitCode`), which the controller reads
+//! from the container status. An unreadable job is a result too (`InvalidJob`, exit code 2),
+//! never a crash without one.
+//!
+//! `stagecoach exec-step` is the in-place runner's helper (it drops to the step's user and
+//! groups, then executes the step); `main` dispatches it before anything else starts.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use stagecoach_builder::executor::ProgressEvent;
+use stagecoach_builder::inplace::InPlaceRunner;
+use stagecoach_builder::job::{JobEnv, run_job};
+use stagecoach_protocol::job::StageJob;
+use stagecoach_protocol::result::TERMINATION_MESSAGE_LIMIT;
+use stagecoach_protocol::{StageReason, StageResult};
+
+/// Arguments of `stagecoach stage`.
+#[derive(Debug, clap::Args)]
+pub struct StageArgs {
+    /// The stage job, as JSON.
+    #[arg(long, value_name = "FILE")]
+    spec: PathBuf,
+    /// Where the result goes, within 4 KiB: the container's termination message.
+    #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
+}
+
+/// Runs `stagecoach stage`; returns the process exit code.
+pub fn run(args: &StageArgs) -> u8 {
+    let (result, full_path) = match read_job(&args.spec) {
+        Err(result) => (result, None),
+        Ok(job) => (run_one(&job), job.result.clone()),
+    };
+    let full = serde_json::to_vec(&result).unwrap_or_default();
+    if let Some(path) = &full_path
+        && let Err(e) = write_atomic(path, &full)
+    {
+        eprintln!(
+            "warning: cannot write the full result to {}: {e}",
+            path.display()
+        );
+    }
+    let small = result.to_json_within(TERMINATION_MESSAGE_LIMIT);
+    if let Err(e) = std::fs::write(&args.termination_log, &small) {
+        eprintln!(
+            "warning: cannot write the termination message {}: {e}",
+            args.termination_log.display()
+        );
+    }
+    match &result.message {
+        Some(message) => eprintln!("[stage] failed ({}): {message}", reason_text(&result)),
+        None => eprintln!(
+            "[stage] done in {:.1}s, {} of {} steps cached",
+            result.duration_ms as f64 / 1000.0,
+            result.cache_hits,
+            result.steps.len()
+        ),
+    }
+    u8::try_from(result.exit_code).unwrap_or(3)
+}
+
+fn reason_text(result: &StageResult) -> &'static str {
+    result.reason.map_or("unknown", StageReason::as_str)
+}
+
+fn read_job(path: &Path) -> Result<StageJob, StageResult> {
+    let invalid = |message: String| {
+        let reason = StageReason::InvalidJob;
+        let code = reason.exit_code().map_or(2, |c| c.code());
+        StageResult::failed_early(reason, code, message)
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| invalid(format!("cannot read the stage job {}: {e}", path.display())))?;
+    StageJob::from_json(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
+}
+
+fn run_one(job: &StageJob) -> StageResult {
+    let runner = match InPlaceRunner::with_current_exe() {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = StageReason::RunnerFailed;
+            let code = reason.exit_code().map_or(3, |c| c.code());
+            return StageResult::failed_early(reason, code, e.to_string());
+        }
+    };
+    let label = job.label.clone();
+    let mut progress = |event: &ProgressEvent<'_>| match event {
+        ProgressEvent::StepStarted { .. } => eprintln!("{event}"),
+        _ => eprintln!("[{label}] {event}"),
+    };
+    let env = JobEnv {
+        runner: &runner,
+        stacker: None,
+    };
+    match run_job(job, env, &mut progress) {
+        Ok(outcome) => {
+            if let Some(failed) = &outcome.result.failed_step {
+                for line in &failed.tail {
+                    eprintln!("[{label}] | {line}");
+                }
+            }
+            outcome.result
+        }
+        Err(e) => e.to_result(),
+    }
+}
+
+/// Writes a temporary file next to `path`, syncs it and renames it into place, so a reader
+/// sees the old file, the new one or none.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `stagecoach exec-step ARGS…`: never returns when the step starts.
+pub fn exec_step(args: &[std::ffi::OsString]) -> u8 {
+    let error = stagecoach_builder::inplace::exec_step(args);
+    eprintln!("{error}");
+    error.exit_code()
+}
