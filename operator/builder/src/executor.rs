@@ -25,8 +25,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -270,33 +270,17 @@ impl KeyStore {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Writes the entry for `key`: a temporary file in the same directory, then a rename,
-    /// so readers see the old entry, the new one, or none, never half of one.
+    /// Writes the entry for `key` atomically and durably, so readers see the old entry, the
+    /// new one, or none, never half of one.
     pub fn put(&self, key: &str, entry: &CacheEntry) -> Result<(), ExecutorError> {
         let bytes = serde_json::to_vec(entry).map_err(|e| ExecutorError::Io {
             action: "encode cache entry",
             path: self.dir.join(key),
             source: io::Error::other(e),
         })?;
-        let tmp = self.dir.join(format!(
-            ".tmp-{key}-{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, self.dir.join(key))
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("write cache entry", &self.dir.join(key))(e));
-        }
+        let path = self.dir.join(key);
+        stagecoach_oci::atomic::write_file(&path, &bytes, 0o644)
+            .map_err(io_err("write cache entry", &path))?;
         Ok(())
     }
 }

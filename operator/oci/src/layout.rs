@@ -3,8 +3,7 @@
 //! import. The blob directory has the content store's shape, so the layout is written
 //! through a [`ContentStore`] and blobs are hard-linked from the cache when possible.
 
-use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::ImageConfig;
@@ -150,27 +149,11 @@ impl OciLayoutWriter {
     }
 }
 
-/// Replaces a small file atomically: temporary file, fsync, rename.
+/// Replaces a small file atomically and durably.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), LayoutError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io = |action: &'static str| {
-        move |source: io::Error| LayoutError::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file for"))?;
-    tmp.write_all(bytes).map_err(io("write"))?;
-    tmp.as_file().sync_all().map_err(io("sync"))?;
-    tmp.as_file()
-        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .map_err(io("set permissions of"))?;
-    tmp.persist(path).map_err(|e| io("rename into")(e.error))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync the directory of"))
+    crate::atomic::write_file(path, bytes, 0o644).map_err(|source| LayoutError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -20,6 +20,7 @@
 //!   version (zlib-rs, libzstd); the diffIDs do not. Upgrading either may change layer
 //!   digests, never diffIDs.
 
+pub mod atomic;
 pub mod compression;
 pub mod config;
 pub mod digest;

@@ -7,7 +7,7 @@
 //! Readers therefore need no locks. Temporary files left by a crashed writer are named
 //! `.tmp-*` and are for the garbage collector to remove by age.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -351,9 +351,5 @@ impl Write for BlobWriter {
 
 /// Makes a rename durable.
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    OpenOptions::new()
-        .read(true)
-        .open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync directory", dir))
+    crate::atomic::sync_dir(dir).map_err(io_err("sync directory", dir))
 }

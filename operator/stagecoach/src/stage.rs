@@ -12,7 +12,6 @@
 //! `stagecoach exec-step` is the in-place runner's helper (it drops to the step's user and
 //! groups, then executes the step); `main` dispatches it before anything else starts.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use stagecoach_builder::executor::ProgressEvent;
@@ -36,7 +35,11 @@ pub struct StageArgs {
 /// Runs `stagecoach stage`; returns the process exit code.
 pub fn run(args: &StageArgs) -> u8 {
     let (result, full_path) = match read_job(&args.spec) {
-        Err(result) => (result, None),
+        Err(message) => {
+            let reason = StageReason::InvalidJob;
+            let code = reason.exit_code().map_or(2, |c| c.code());
+            (StageResult::failed_early(reason, code, message), None)
+        }
         Ok(job) => (run_one(&job), job.result.clone()),
     };
     let full = serde_json::to_vec(&result).unwrap_or_default();
@@ -71,15 +74,11 @@ fn reason_text(result: &StageResult) -> &'static str {
     result.reason.map_or("unknown", StageReason::as_str)
 }
 
-fn read_job(path: &Path) -> Result<StageJob, StageResult> {
-    let invalid = |message: String| {
-        let reason = StageReason::InvalidJob;
-        let code = reason.exit_code().map_or(2, |c| c.code());
-        StageResult::failed_early(reason, code, message)
-    };
+/// The job, or why it cannot be used.
+fn read_job(path: &Path) -> Result<StageJob, String> {
     let bytes = std::fs::read(path)
-        .map_err(|e| invalid(format!("cannot read the stage job {}: {e}", path.display())))?;
-    StageJob::from_json(&bytes).map_err(|e| invalid(format!("{}: {e}", path.display())))
+        .map_err(|e| format!("cannot read the stage job {}: {e}", path.display()))?;
+    StageJob::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn run_one(job: &StageJob) -> StageResult {
@@ -113,16 +112,13 @@ fn run_one(job: &StageJob) -> StageResult {
     }
 }
 
-/// Writes a temporary file next to `path`, syncs it and renames it into place, so a reader
-/// sees the old file, the new one or none.
+/// Writes the result atomically (the directory is made first: the stage's own directory on
+/// the cache volume may not exist yet).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    stagecoach_oci::atomic::write_file(path, bytes, 0o644)
 }
 
 /// `stagecoach exec-step ARGS…`: never returns when the step starts.

@@ -54,7 +54,7 @@ pub enum LocalError {
         /// The stage's label.
         stage: String,
         /// The executor's error.
-        source: ExecutorError,
+        source: Box<ExecutorError>,
         /// The failing RUN's last output lines.
         tail: Vec<String>,
     },

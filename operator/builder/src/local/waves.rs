@@ -510,7 +510,7 @@ impl LocalBuild<'_> {
             }
             (Some(source), _, _) => Err(LocalError::Stage {
                 stage: label,
-                source,
+                source: Box::new(source),
                 tail: outcome
                     .result
                     .failed_step
