@@ -1,0 +1,468 @@
+//! RUN mounts: resolving each `--mount` to what the runner binds (cache directories under
+//! `mounts/`, context or stage sources, tmpfs, secrets), the stubs a mount target needs in
+//! the root and their removal, throw-away copies for read-write binds, the check that a
+//! runner which cannot mount finds every target mounted, and the locks of shared caches.
+use super::*;
+
+impl StageExecutor<'_> {
+    pub(super) fn prepare_mount(
+        &self,
+        m: &stagecoach_dockerfile::instructions::Mount,
+        cwd: &str,
+        line: usize,
+        env: &mut Vec<(String, String)>,
+    ) -> Result<PreparedMount, ExecutorError> {
+        let absolute = |t: &str| -> String {
+            if t.starts_with('/') {
+                crate::pattern::clean(t)
+            } else {
+                crate::pattern::clean(&format!("{cwd}/{t}"))
+            }
+        };
+        let target = m.target.as_deref().map(absolute);
+        let unsupported = |what: &str| ExecutorError::Unsupported {
+            line,
+            what: what.to_string(),
+        };
+        match m.kind {
+            MountType::Cache => {
+                let target = target.ok_or_else(|| unsupported("a cache mount without target"))?;
+                let id = m.id.clone().unwrap_or_else(|| target.clone());
+                let mounts = self.layout.mounts();
+                let dir = self.layout.mount(&id);
+                if fs::symlink_metadata(&dir).is_err() {
+                    fs::create_dir_all(&mounts).map_err(io_err("create", &mounts))?;
+                    let mut b = fs::DirBuilder::new();
+                    b.mode(m.mode.unwrap_or(0o755));
+                    match b.create(&dir) {
+                        Ok(()) => {
+                            if self.options.set_owner {
+                                rustix::fs::chown(
+                                    &dir,
+                                    Some(rustix::fs::Uid::from_raw(m.uid.unwrap_or(0))),
+                                    Some(rustix::fs::Gid::from_raw(m.gid.unwrap_or(0))),
+                                )
+                                .map_err(|e| io_err("chown", &dir)(e.into()))?;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err("create", &dir)(e)),
+                    }
+                }
+                // `locked` and `private` both serialise writers here: private copies are
+                // not implemented, and a lock gives the same isolation at the cost of waiting.
+                let lock = matches!(m.sharing, Some(Sharing::Locked | Sharing::Private))
+                    .then(|| self.layout.mount_lock(&id));
+                Ok(PreparedMount {
+                    kind: "cache",
+                    mount: Some(RunMount::Bind {
+                        source: dir,
+                        target: PathBuf::from(&target),
+                        readonly: m.readonly.unwrap_or(false),
+                    }),
+                    target: Some(target),
+                    stub: StubKind::Dir,
+                    key_input: None,
+                    lock,
+                    rw_copy: None,
+                })
+            }
+            MountType::Bind => {
+                let target = target.ok_or_else(|| unsupported("a bind mount without target"))?;
+                let readonly = m.readonly.unwrap_or(true);
+                let source = m.source.clone().unwrap_or_else(|| "/".to_string());
+                let (root, input_name) = match &m.from {
+                    None => (self.context.root().to_owned(), format!("mount:{target}")),
+                    Some(from) => (
+                        self.stage_source(from, line)?.root.clone(),
+                        format!("mount:{target}"),
+                    ),
+                };
+                let resolved = rootpath::resolve(&root, &source, true)?;
+                let meta =
+                    fs::metadata(&resolved.path).map_err(io_err("inspect", &resolved.path))?;
+                let ctx = BuildContext::with_patterns(&root, &[] as &[&str])?;
+                let digest = cache_key::digest_source(&ctx, &source)?;
+                Ok(PreparedMount {
+                    kind: "bind",
+                    mount: Some(RunMount::Bind {
+                        source: resolved.path,
+                        target: PathBuf::from(&target),
+                        readonly,
+                    }),
+                    target: Some(target),
+                    stub: if meta.is_dir() {
+                        StubKind::Dir
+                    } else {
+                        StubKind::File
+                    },
+                    key_input: Some((input_name, digest)),
+                    lock: None,
+                    // Writes to a read-write bind mount are thrown away (BuildKit's rule), so
+                    // the process gets a copy, made only when the step really runs.
+                    rw_copy: (!readonly).then(|| RwCopy {
+                        root,
+                        source,
+                        is_dir: meta.is_dir(),
+                    }),
+                })
+            }
+            MountType::Tmpfs => {
+                let target = target.ok_or_else(|| unsupported("a tmpfs mount without target"))?;
+                Ok(PreparedMount {
+                    kind: "tmpfs",
+                    mount: Some(RunMount::Tmpfs {
+                        target: PathBuf::from(&target),
+                        size_bytes: m.size.as_deref().and_then(parse_size),
+                    }),
+                    target: Some(target),
+                    stub: StubKind::Dir,
+                    key_input: None,
+                    lock: None,
+                    rw_copy: None,
+                })
+            }
+            MountType::Secret => {
+                let id = match (&m.id, &target) {
+                    (Some(id), _) => id.clone(),
+                    (None, Some(t)) => t.rsplit('/').next().unwrap_or_default().to_string(),
+                    (None, None) => return Err(unsupported("a secret mount without id or target")),
+                };
+                let Some(path) = self.secrets.get(&id) else {
+                    if m.required.unwrap_or(false) {
+                        return Err(ExecutorError::Missing {
+                            line,
+                            message: format!("secret `{id}` is required but was not provided"),
+                        });
+                    }
+                    return Ok(PreparedMount::none());
+                };
+                if let Some(var) = &m.env {
+                    let value = fs::read_to_string(path).map_err(io_err("read secret", path))?;
+                    env.push((var.clone(), value));
+                    if m.target.is_none() {
+                        return Ok(PreparedMount::none());
+                    }
+                }
+                let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                Ok(PreparedMount {
+                    kind: "secret",
+                    mount: Some(RunMount::Bind {
+                        source: path.clone(),
+                        target: PathBuf::from(&target),
+                        readonly: true,
+                    }),
+                    target: Some(target),
+                    stub: StubKind::Secret,
+                    key_input: None,
+                    lock: None,
+                    rw_copy: None,
+                })
+            }
+            MountType::Ssh => Err(unsupported("RUN --mount=type=ssh")),
+        }
+    }
+}
+
+pub(super) static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The mount-point stub a RUN mount needs in the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StubKind {
+    Dir,
+    File,
+    /// A file whose content is never trusted: removed after the run whatever is in it.
+    Secret,
+}
+
+pub(super) struct PreparedMount {
+    /// The mount type as `--mount=type=` names it, for messages.
+    pub(super) kind: &'static str,
+    pub(super) mount: Option<RunMount>,
+    pub(super) target: Option<String>,
+    pub(super) stub: StubKind,
+    pub(super) key_input: Option<(String, String)>,
+    pub(super) lock: Option<PathBuf>,
+    pub(super) rw_copy: Option<RwCopy>,
+}
+
+/// What a read-write bind mount copies before the run.
+pub(super) struct RwCopy {
+    pub(super) root: PathBuf,
+    pub(super) source: String,
+    pub(super) is_dir: bool,
+}
+
+/// Throw-away copies for read-write bind mounts, removed when dropped (also on errors).
+pub(super) struct ScratchDirs(pub(super) Vec<PathBuf>);
+
+impl Drop for ScratchDirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            // Best effort: a leftover under `tmp/` of the cache root is garbage, not state.
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl StageExecutor<'_> {
+    /// Writes a `#!` heredoc script, executable, into a throw-away directory outside the root
+    /// (removed with `scratch`), for binding at `/dev/pipes/<name>`.
+    pub(super) fn write_script(
+        &self,
+        body: &str,
+        scratch: &mut ScratchDirs,
+    ) -> Result<PathBuf, ExecutorError> {
+        let tmp = self.layout.tmp();
+        fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+        let dir = tmp.join(format!(
+            "script-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+        scratch.0.push(dir.clone());
+        let file = dir.join("script");
+        fs::write(&file, body).map_err(io_err("write", &file))?;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &file))?;
+        Ok(file)
+    }
+
+    /// Makes the copies read-write bind mounts need and points their mounts at them.
+    pub(super) fn materialize_rw_copies(
+        &self,
+        prepared: &[PreparedMount],
+        mounts: &mut [RunMount],
+        line: usize,
+    ) -> Result<ScratchDirs, ExecutorError> {
+        let mut scratch = ScratchDirs(Vec::new());
+        let mut index = 0;
+        for p in prepared {
+            if p.mount.is_none() {
+                continue;
+            }
+            let slot = index;
+            index += 1;
+            let Some(rw) = &p.rw_copy else { continue };
+            let tmp = self.layout.tmp();
+            fs::create_dir_all(&tmp).map_err(io_err("create", &tmp))?;
+            let dir = tmp.join(format!(
+                "bind-{}-{}",
+                std::process::id(),
+                TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            fs::create_dir(&dir).map_err(io_err("create", &dir))?;
+            scratch.0.push(dir.clone());
+            let ctx = if rw.root == self.context.root() {
+                self.context.clone()
+            } else {
+                BuildContext::with_patterns(&rw.root, &[] as &[&str])?
+            };
+            let dest = if rw.is_dir { "/" } else { "/file" };
+            let spec = CopySpec {
+                sources: vec![rw.source.clone()],
+                dest: dest.to_string(),
+                ..CopySpec::default()
+            };
+            let plan = copy::plan(&ctx, &spec, &dir)
+                .map_err(|source| ExecutorError::Copy { line, source })?;
+            copy::apply(
+                &plan,
+                &dir,
+                copy::ApplyOptions {
+                    set_owner: self.options.set_owner,
+                },
+            )
+            .map_err(|source| ExecutorError::Copy { line, source })?;
+            if let Some(RunMount::Bind { source, .. }) = mounts.get_mut(slot) {
+                *source = if rw.is_dir { dir } else { dir.join("file") };
+            }
+        }
+        Ok(scratch)
+    }
+}
+
+impl PreparedMount {
+    pub(super) fn none() -> Self {
+        Self {
+            kind: "",
+            mount: None,
+            target: None,
+            stub: StubKind::Dir,
+            key_input: None,
+            lock: None,
+            rw_copy: None,
+        }
+    }
+}
+
+/// Mount stubs the executor created for one RUN, removed afterwards (deepest first) so a
+/// mount leaves no trace in the root, as BuildKit removes its mount stubs.
+pub(super) struct Stubs {
+    pub(super) created: Vec<(PathBuf, StubKind)>,
+    /// Existing directories stubs were made in: their times before, and their mtime right
+    /// after the stubs were made (to tell whether the process changed them itself).
+    pub(super) parents: Vec<(PathBuf, fs::Metadata, std::time::SystemTime)>,
+}
+
+impl Stubs {
+    pub(super) fn create(rootfs: &Path, mounts: &[PreparedMount]) -> Result<Stubs, ExecutorError> {
+        let mut created = Vec::new();
+        let mut parents = Vec::new();
+        for p in mounts {
+            let Some(target) = &p.target else { continue };
+            if p.mount.is_none() {
+                continue;
+            }
+            let resolved = rootpath::resolve(rootfs, target, true)?;
+            // Record every missing ancestor so the cleanup removes what the stub added.
+            let mut missing = Vec::new();
+            let mut cur = resolved.path.clone();
+            while cur.starts_with(rootfs) && cur != rootfs && fs::symlink_metadata(&cur).is_err() {
+                missing.push(cur.clone());
+                if !cur.pop() {
+                    break;
+                }
+            }
+            let parent = missing
+                .last()
+                .and_then(|p| p.parent())
+                .map(Path::to_path_buf);
+            let parent_meta = match &parent {
+                Some(p) => Some(fs::metadata(p).map_err(io_err("inspect", p))?),
+                None => None,
+            };
+            for (i, path) in missing.iter().enumerate().rev() {
+                let is_leaf = i == 0;
+                if is_leaf && p.stub != StubKind::Dir {
+                    fs::File::create(path).map_err(io_err("create mount stub", path))?;
+                    created.push((path.clone(), p.stub));
+                } else {
+                    fs::create_dir(path).map_err(io_err("create mount stub", path))?;
+                    created.push((path.clone(), StubKind::Dir));
+                }
+            }
+            if let (Some(p), Some(before)) = (parent, parent_meta) {
+                let now = fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .map_err(io_err("inspect", &p))?;
+                parents.push((p, before, now));
+            }
+        }
+        Ok(Stubs { created, parents })
+    }
+
+    pub(super) fn remove(self) -> Result<(), ExecutorError> {
+        // Parents the process left alone get their times back after the stubs go, so a
+        // mount does not make its parent directory look modified to the snapshot.
+        let untouched: Vec<_> = self
+            .parents
+            .iter()
+            .filter(|(p, _, after_create)| {
+                fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m == *after_create)
+            })
+            .collect();
+        for (path, kind) in self.created.iter().rev() {
+            let (path, kind) = (path.clone(), *kind);
+            let result = match kind {
+                // A directory the RUN also wrote into is kept: its contents are real output.
+                StubKind::Dir => match fs::remove_dir(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
+                    other => other,
+                },
+                StubKind::File | StubKind::Secret => fs::remove_file(&path),
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove mount stub", &path)(e)),
+            }
+        }
+        for (p, before, _) in untouched.into_iter().rev() {
+            let times = fs::FileTimes::new()
+                .set_accessed(before.accessed().map_err(io_err("inspect", p))?)
+                .set_modified(before.modified().map_err(io_err("inspect", p))?);
+            fs::File::open(p)
+                .and_then(|f| f.set_times(times))
+                .map_err(io_err("restore times of", p))?;
+        }
+        Ok(())
+    }
+}
+
+/// For a runner that cannot mount: every mount the step declares must already be a mount
+/// point in this process's view (the pod spec provides it), or the step would write into
+/// the image instead. A read-write bind is refused: without a private copy, its writes would
+/// reach the shared source.
+pub(super) fn check_premounted(
+    rootfs: &Path,
+    prepared: &[PreparedMount],
+    line: usize,
+) -> Result<(), ExecutorError> {
+    let mountinfo = fs::read("/proc/self/mountinfo")
+        .map_err(io_err("read", Path::new("/proc/self/mountinfo")))?;
+    let points: BTreeSet<PathBuf> = snapshot::mount_points(&mountinfo).into_iter().collect();
+    for p in prepared {
+        let (Some(_), Some(target)) = (&p.mount, &p.target) else {
+            continue;
+        };
+        if p.rw_copy.is_some() {
+            return Err(ExecutorError::Unsupported {
+                line,
+                what: "RUN --mount=type=bind,rw in a builder pod (its writes would reach the shared source)".into(),
+            });
+        }
+        let resolved = rootpath::resolve(rootfs, target, true)?.path;
+        if !points.contains(&resolved) {
+            return Err(ExecutorError::MountMissing {
+                line,
+                kind: p.kind,
+                target: target.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on a file until dropped.
+pub(super) fn lock_file(path: &Path) -> Result<fs::File, ExecutorError> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err("open lock", path))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err("lock", path)(e.into()))?;
+    Ok(f)
+}
+
+/// `1024`, `64k`, `10m`, `1g` (binary units, as BuildKit's tmpfs size).
+pub(super) fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s.as_str(), 1),
+    };
+    num.trim_end_matches('b')
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("x"), None);
+    }
+}
