@@ -31,6 +31,7 @@ pub mod manifest;
 pub mod media_type;
 #[cfg(feature = "registry")]
 pub mod registry;
+pub mod rootpath;
 pub mod store;
 
 pub use compression::Compression;

@@ -23,10 +23,10 @@ use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags, Timespec, Timestamps, Xat
 use rustix::io::Errno;
 use tar::EntryType;
 
-use super::resolve::{ResolveError, resolve_dir};
 use super::{OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX, normalize_relative_bytes};
 use crate::compression::{Compression, Decoder};
 use crate::digest::{Digest, HashingReader};
+use crate::rootpath::{RootPathError, resolve_dir};
 use crate::store::{ContentStore, StoreError};
 
 const COPY_BUFFER: usize = 128 * 1024;
@@ -115,18 +115,18 @@ fn errno_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> 
     move |e| io_err(action, path)(e.into())
 }
 
-fn resolve_err(e: ResolveError) -> ApplyError {
+fn resolve_err(e: RootPathError) -> ApplyError {
     match e {
-        ResolveError::NotFound(p) => ApplyError::Io {
+        RootPathError::NotFound { path } => ApplyError::Io {
             action: "find",
             source: io::Error::from(io::ErrorKind::NotFound),
-            path: p,
+            path,
         },
-        ResolveError::NotADirectory(p) => ApplyError::NotADirectory(p),
-        ResolveError::TooManyLinks(p) => ApplyError::SymlinkLoop(p),
-        ResolveError::Io(p, source) => ApplyError::Io {
+        RootPathError::NotADirectory { path } => ApplyError::NotADirectory(path),
+        RootPathError::TooManyLinks { path } => ApplyError::SymlinkLoop(path),
+        RootPathError::Io { path, source } => ApplyError::Io {
             action: "resolve",
-            path: p,
+            path,
             source,
         },
     }
@@ -421,7 +421,9 @@ impl Applier {
         let dir = match resolve_dir(&self.root, parent, false) {
             Ok(d) => d,
             // Nothing below a missing or non-directory parent to delete.
-            Err(ResolveError::NotFound(_) | ResolveError::NotADirectory(_)) => return Ok(()),
+            Err(RootPathError::NotFound { .. } | RootPathError::NotADirectory { .. }) => {
+                return Ok(());
+            }
             Err(e) => return Err(resolve_err(e)),
         };
         let target = dir.join(OsStr::from_bytes(hidden));
@@ -618,7 +620,7 @@ impl Applier {
         };
         let src_dir = match resolve_dir(&self.root, src_parent, false) {
             Ok(d) => d,
-            Err(ResolveError::NotFound(_) | ResolveError::NotADirectory(_)) => {
+            Err(RootPathError::NotFound { .. } | RootPathError::NotADirectory { .. }) => {
                 return Err(bad("its target does not exist"));
             }
             Err(e) => return Err(resolve_err(e)),
@@ -736,7 +738,9 @@ impl Applier {
             };
             let real = match resolve_dir(&self.root, parent, false) {
                 Ok(r) => r.join(name),
-                Err(ResolveError::NotFound(_) | ResolveError::NotADirectory(_)) => continue,
+                Err(RootPathError::NotFound { .. } | RootPathError::NotADirectory { .. }) => {
+                    continue;
+                }
                 Err(e) => return Err(resolve_err(e)),
             };
             // NOFOLLOW + DIRECTORY: if the name is now a symlink or a file, leave it alone.

@@ -4,7 +4,6 @@
 //! contents are hidden carries an empty `dir/.wh..wh..opq`.
 
 mod apply;
-mod resolve;
 mod write;
 
 use std::ffi::OsStr;
