@@ -15,7 +15,6 @@
 //! started by one RUN cannot write into the next step's snapshot. Elsewhere (tests on a
 //! host), it kills the step's process group only, and never touches other processes.
 
-use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead as _, BufReader};
 use std::os::unix::process::CommandExt as _;
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
 
-use crate::runner::{RunNetwork, RunOutcome, RunRequest, Runner, RunnerError};
+use crate::runner::{OutputTail, RunNetwork, RunOutcome, RunRequest, Runner, RunnerError};
 
 /// How long output may stay open after the step's processes are gone (a process outside the
 /// step's process group still holding it, on a host that is not a container).
@@ -103,9 +102,10 @@ impl Runner for InPlaceRunner {
             )));
         }
         let started = Instant::now();
-        let mut tail = Tail::new(request.tail_lines);
+        let mut tail = OutputTail::new(request.tail_lines);
         if request.network == RunNetwork::None {
-            tail.line(
+            emit(
+                &mut tail,
                 "warning: RUN --network=none: a builder pod cannot leave its network namespace; the step runs with the pod's network",
                 on_line,
             );
@@ -149,7 +149,7 @@ impl Runner for InPlaceRunner {
         let deadline = request.timeout.map(|t| started + t);
         let status = loop {
             match rx.recv_timeout(POLL) {
-                Ok(line) => tail.line(&line, on_line),
+                Ok(line) => emit(&mut tail, &line, on_line),
                 Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
             }
             if let Some(status) = reaper.try_wait(pid)? {
@@ -166,10 +166,11 @@ impl Runner for InPlaceRunner {
         loop {
             let left = drain_until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(line) => tail.line(&line, on_line),
+                Ok(line) => emit(&mut tail, &line, on_line),
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    tail.line(
+                    emit(
+                        &mut tail,
                         "warning: a process outside the step's process group still holds its output; not waiting for it",
                         on_line,
                     );
@@ -190,34 +191,10 @@ impl Runner for InPlaceRunner {
     }
 }
 
-/// The last lines of output, passed on as they come.
-struct Tail {
-    keep: usize,
-    lines: VecDeque<String>,
-}
-
-impl Tail {
-    fn new(keep: usize) -> Self {
-        Tail {
-            keep,
-            lines: VecDeque::new(),
-        }
-    }
-
-    fn line(&mut self, line: &str, on_line: &mut dyn FnMut(&str)) {
-        on_line(line);
-        if self.keep == 0 {
-            return;
-        }
-        if self.lines.len() == self.keep {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line.to_string());
-    }
-
-    fn into_lines(self) -> Vec<String> {
-        self.lines.into()
-    }
+/// Passes a line on and keeps it for the tail.
+fn emit(tail: &mut OutputTail, line: &str, on_line: &mut dyn FnMut(&str)) {
+    on_line(line);
+    tail.push(line);
 }
 
 /// Waiting for and killing a step's processes, as PID 1 of a container or as a plain
@@ -458,16 +435,5 @@ mod tests {
                 "{bad:?}"
             );
         }
-    }
-
-    #[test]
-    fn tails_keep_the_last_lines() {
-        let mut seen = Vec::new();
-        let mut t = Tail::new(2);
-        for l in ["a", "b", "c"] {
-            t.line(l, &mut |x: &str| seen.push(x.to_string()));
-        }
-        assert_eq!(seen, ["a", "b", "c"]);
-        assert_eq!(t.into_lines(), ["b", "c"]);
     }
 }

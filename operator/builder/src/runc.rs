@@ -51,7 +51,6 @@
 mod mountpoints;
 mod spec;
 
-use std::collections::VecDeque;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -62,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::runner::{RunOutcome, RunRequest, Runner, RunnerError};
+use crate::runner::{OutputTail, RunOutcome, RunRequest, Runner, RunnerError};
 
 /// Where Debian installs runc.
 pub const DEFAULT_RUNC: &str = "/usr/sbin/runc";
@@ -416,7 +415,7 @@ impl RuncRunner {
             });
         }
 
-        let mut tail = Tail::new(request.tail_lines);
+        let mut tail = OutputTail::new(request.tail_lines);
         let deadline = request.timeout.map(|t| started + t);
         let timed_out = self.pump(&receiver, child, &run.id, deadline, &mut |line| {
             tail.push(line);
@@ -686,36 +685,6 @@ fn read_lines(mut reader: impl Read, sender: &SyncSender<Event>) {
     let _ = sender.send(Event::End);
 }
 
-/// The last N lines.
-#[derive(Debug)]
-struct Tail {
-    keep: usize,
-    lines: VecDeque<String>,
-}
-
-impl Tail {
-    fn new(keep: usize) -> Self {
-        Self {
-            keep,
-            lines: VecDeque::with_capacity(keep.min(1024)),
-        }
-    }
-
-    fn push(&mut self, line: &str) {
-        if self.keep == 0 {
-            return;
-        }
-        if self.lines.len() == self.keep {
-            self.lines.pop_front();
-        }
-        self.lines.push_back(line.to_string());
-    }
-
-    fn into_lines(self) -> Vec<String> {
-        self.lines.into()
-    }
-}
-
 /// runc exits with the process's status, or 128 + signal when a signal killed it; if runc
 /// itself died of a signal, report that the same way.
 fn exit_code(status: ExitStatus) -> i32 {
@@ -839,18 +808,6 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec!["one", "two", "", "three"]);
-    }
-
-    #[test]
-    fn tail_keeps_the_last_lines() {
-        let mut tail = Tail::new(2);
-        for l in ["a", "b", "c"] {
-            tail.push(l);
-        }
-        assert_eq!(tail.into_lines(), vec!["b", "c"]);
-        let mut none = Tail::new(0);
-        none.push("x");
-        assert!(none.into_lines().is_empty());
     }
 
     #[test]

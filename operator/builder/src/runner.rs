@@ -5,6 +5,7 @@
 //! to host paths) and the runner only starts the process, streams its output and reports how
 //! it ended; it never decides what a step means.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -107,4 +108,54 @@ pub trait Runner: Send + Sync {
         request: &RunRequest,
         on_line: &mut dyn FnMut(&str),
     ) -> Result<RunOutcome, RunnerError>;
+}
+
+/// The last lines of a RUN's output, for failure reports; shared by the runners.
+#[derive(Debug)]
+pub(crate) struct OutputTail {
+    keep: usize,
+    lines: VecDeque<String>,
+}
+
+impl OutputTail {
+    /// Keeps the last `keep` lines.
+    pub(crate) fn new(keep: usize) -> Self {
+        OutputTail {
+            keep,
+            lines: VecDeque::with_capacity(keep.min(1024)),
+        }
+    }
+
+    /// Adds a line, dropping the oldest when full.
+    pub(crate) fn push(&mut self, line: &str) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.lines.len() == self.keep {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_string());
+    }
+
+    /// The kept lines, oldest first.
+    pub(crate) fn into_lines(self) -> Vec<String> {
+        self.lines.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        let mut tail = OutputTail::new(2);
+        for l in ["a", "b", "c"] {
+            tail.push(l);
+        }
+        assert_eq!(tail.into_lines(), vec!["b", "c"]);
+        let mut none = OutputTail::new(0);
+        none.push("x");
+        assert!(none.into_lines().is_empty());
+    }
 }

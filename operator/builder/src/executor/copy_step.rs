@@ -6,20 +6,16 @@ impl StageExecutor<'_> {
     pub(super) fn step_copy(
         &self,
         lex: &ShellLex,
-        ctx: StepCtx<'_, '_>,
+        ctx: &mut StepCtx<'_, '_>,
         transfer: &Transfer,
         from: Option<&str>,
         add: Option<&Add>,
     ) -> Result<FileOutcome, ExecutorError> {
-        let StepCtx {
-            step,
-            cursor,
-            record,
-            progress,
-        } = ctx;
+        let step = ctx.step;
         let line = step.line;
         let keyword = if add.is_some() { "ADD" } else { "COPY" };
-        let expanded = cursor
+        let expanded = ctx
+            .cursor
             .state
             .expand_transfer(lex, keyword, transfer)
             .map_err(|source| ExecutorError::State { line, source })?;
@@ -36,7 +32,7 @@ impl StageExecutor<'_> {
             }
             None => None,
         };
-        let env = cursor.state.expansion_env();
+        let env = ctx.cursor.state.expansion_env();
         let heredocs = transfer
             .heredocs
             .iter()
@@ -52,7 +48,7 @@ impl StageExecutor<'_> {
         // URL sources are downloaded now, before the key, which must cover their content.
         // The staging directory lives until the step has run (or failed).
         let (downloads, _staging) = match add {
-            Some(add) => self.fetch_sources(lex, add, &expanded.sources, cursor, line)?,
+            Some(add) => self.fetch_sources(lex, add, &expanded.sources, ctx.cursor, line)?,
             None => (Vec::new(), None),
         };
         let spec = CopySpec {
@@ -60,7 +56,7 @@ impl StageExecutor<'_> {
             sources: expanded.sources.clone(),
             heredocs,
             dest: expanded.dest.clone(),
-            workdir: cursor.state.working_dir.clone(),
+            workdir: ctx.cursor.state.working_dir.clone(),
             owner,
             chmod,
             excludes: expanded.excludes.clone(),
@@ -80,31 +76,13 @@ impl StageExecutor<'_> {
         let plan = copy::plan(context, &spec, &self.rootfs)
             .map_err(|source| ExecutorError::Copy { line, source })?;
         let history = ImageState::transfer_history(keyword, transfer, &expanded);
-        let key = CacheKey::new(&cursor.parent_key, &history.created_by)
+        let key = CacheKey::new(&ctx.cursor.parent_key, &history.created_by)
             .input("copy", &cache_key::digest_copy_plan(&plan)?)
-            .args(arg_values(&cursor.state, &expanded.used_args))
+            .args(arg_values(&ctx.cursor.state, &expanded.used_args))
             .digest();
-        self.file_step(
-            StepCtx {
-                step,
-                cursor,
-                record,
-                progress,
-            },
-            key,
-            history,
-            &[],
-            |ex, _| {
-                copy::apply(
-                    &plan,
-                    &ex.rootfs,
-                    copy::ApplyOptions {
-                        set_owner: ex.options.set_owner,
-                    },
-                )
-                .map_err(|source| ExecutorError::Copy { line, source })
-            },
-        )
+        self.file_step(ctx, key, history, &[], |ex, _| {
+            ex.apply_plan(&plan, &ex.rootfs, line)
+        })
     }
 
     /// Downloads an ADD's HTTP(S) sources into a fresh staging directory under the cache

@@ -231,8 +231,8 @@ struct Cursor {
     baseline: Option<Snapshot>,
 }
 
-/// One step and the loop state it reads and advances, passed as one value (its fields are
-/// reborrowed at each call) instead of four arguments.
+/// One step and the loop state it reads and advances, passed down the step functions as
+/// one argument.
 struct StepCtx<'c, 's> {
     step: &'c Step<'s>,
     cursor: &'c mut Cursor,
@@ -391,13 +391,13 @@ impl<'a> StageExecutor<'a> {
                 line: step.line,
             });
             let t0 = Instant::now();
-            let ctx = StepCtx {
+            let mut ctx = StepCtx {
                 step: &step,
                 cursor: &mut cursor,
                 record: &mut *record,
                 progress: &mut *progress,
             };
-            let result = self.step(&lex, stage, ctx);
+            let result = self.step(&lex, stage, &mut ctx);
             let outcome = match result {
                 Ok(o) => o,
                 Err(e) => {
@@ -471,39 +471,16 @@ impl<'a> StageExecutor<'a> {
         &self,
         lex: &ShellLex,
         stage: &StageSpec<'_>,
-        ctx: StepCtx<'_, '_>,
+        ctx: &mut StepCtx<'_, '_>,
     ) -> Result<FileOutcome, ExecutorError> {
-        let StepCtx {
-            step,
-            cursor,
-            record,
-            progress,
-        } = ctx;
+        let step = ctx.step;
         let line = step.line;
         let state_err = |source| ExecutorError::State { line, source };
         match step.instruction {
-            Instruction::Run(run) => self.step_run(
-                stage,
-                StepCtx {
-                    step,
-                    cursor,
-                    record,
-                    progress,
-                },
-                run,
-            ),
-            Instruction::Copy(CopyInstr { transfer, from }) => self.step_copy(
-                lex,
-                StepCtx {
-                    step,
-                    cursor,
-                    record,
-                    progress,
-                },
-                transfer,
-                from.as_deref(),
-                None,
-            ),
+            Instruction::Run(run) => self.step_run(stage, ctx, run),
+            Instruction::Copy(CopyInstr { transfer, from }) => {
+                self.step_copy(lex, ctx, transfer, from.as_deref(), None)
+            }
             Instruction::Add(add) => {
                 if add.keep_git_dir {
                     return Err(ExecutorError::Unsupported {
@@ -511,21 +488,11 @@ impl<'a> StageExecutor<'a> {
                         what: "ADD --keep-git-dir (ADD from a git repository)".into(),
                     });
                 }
-                self.step_copy(
-                    lex,
-                    StepCtx {
-                        step,
-                        cursor,
-                        record,
-                        progress,
-                    },
-                    &add.transfer,
-                    None,
-                    Some(add),
-                )
+                self.step_copy(lex, ctx, &add.transfer, None, Some(add))
             }
             Instruction::Workdir(_) => {
-                let applied = cursor
+                let applied = ctx
+                    .cursor
                     .state
                     .apply(lex, step.instruction, &stage.args)
                     .map_err(state_err)?;
@@ -534,57 +501,40 @@ impl<'a> StageExecutor<'a> {
                     empty_layer: true,
                     comment: String::new(),
                 });
-                let used = arg_values(&cursor.state, &applied.used_args);
+                let used = arg_values(&ctx.cursor.state, &applied.used_args);
                 if history.empty_layer {
-                    let key = CacheKey::new(&cursor.parent_key, &history.created_by).args(used);
-                    cursor.parent_key = key.digest();
-                    record.history.push(history);
+                    let key = CacheKey::new(&ctx.cursor.parent_key, &history.created_by).args(used);
+                    ctx.cursor.parent_key = key.digest();
+                    ctx.record.history.push(history);
                     return Ok(FileOutcome {
                         layer: None,
                         cached: false,
                     });
                 }
-                let owner = if cursor.state.user.is_empty() {
+                let owner = if ctx.cursor.state.user.is_empty() {
                     Owner::default()
                 } else {
                     // BuildKit creates WORKDIR as the current USER.
-                    let user = cursor.state.user.clone();
+                    let user = ctx.cursor.state.user.clone();
                     users::resolve_chown(&self.rootfs, &user)
                         .map_err(|source| ExecutorError::User { line, source })?
                 };
                 let key = CacheKey::new(
-                    &cursor.parent_key,
+                    &ctx.cursor.parent_key,
                     &format!("{}\nowner={}:{}", history.created_by, owner.uid, owner.gid),
                 )
                 .args(used)
                 .digest();
-                let dir = cursor.state.working_dir.clone();
+                let dir = ctx.cursor.state.working_dir.clone();
                 history.empty_layer = false;
-                self.file_step(
-                    StepCtx {
-                        step,
-                        cursor,
-                        record,
-                        progress,
-                    },
-                    key,
-                    history,
-                    &[],
-                    |ex, _| {
-                        let plan = copy::workdir_plan(&dir, owner);
-                        copy::apply(
-                            &plan,
-                            &ex.rootfs,
-                            copy::ApplyOptions {
-                                set_owner: ex.options.set_owner,
-                            },
-                        )
-                        .map_err(|source| ExecutorError::Copy { line, source })
-                    },
-                )
+                self.file_step(ctx, key, history, &[], |ex, _| {
+                    let plan = copy::workdir_plan(&dir, owner);
+                    ex.apply_plan(&plan, &ex.rootfs, line)
+                })
             }
             other => {
-                let applied = cursor
+                let applied = ctx
+                    .cursor
                     .state
                     .apply(lex, other, &stage.args)
                     .map_err(state_err)?;
@@ -593,10 +543,12 @@ impl<'a> StageExecutor<'a> {
                     .as_ref()
                     .map_or(step.original, |h| h.created_by.as_str())
                     .to_string();
-                let used = arg_values(&cursor.state, &applied.used_args);
-                cursor.parent_key = CacheKey::new(&cursor.parent_key, &text).args(used).digest();
+                let used = arg_values(&ctx.cursor.state, &applied.used_args);
+                ctx.cursor.parent_key = CacheKey::new(&ctx.cursor.parent_key, &text)
+                    .args(used)
+                    .digest();
                 if let Some(h) = applied.history {
-                    record.history.push(h);
+                    ctx.record.history.push(h);
                 }
                 Ok(FileOutcome {
                     layer: None,
@@ -610,26 +562,20 @@ impl<'a> StageExecutor<'a> {
     /// miss runs `execute` between two snapshots and records the diff under `key`.
     fn file_step(
         &self,
-        ctx: StepCtx<'_, '_>,
+        ctx: &mut StepCtx<'_, '_>,
         key: String,
         mut history: HistoryEntry,
         excluded: &[PathBuf],
         execute: impl FnOnce(&Self, &mut dyn Progress) -> Result<(), ExecutorError>,
     ) -> Result<FileOutcome, ExecutorError> {
-        let StepCtx {
-            step,
-            cursor,
-            record,
-            progress,
-        } = ctx;
-        cursor.parent_key = key.clone();
+        ctx.cursor.parent_key = key.clone();
         if !self.options.no_cache
             && let Some(entry) = self.keys.get(&key)
             && self.entry_usable(&entry)?
         {
             if let Some(layer) = &entry.layer {
                 let stacked = match self.stacker {
-                    Some(stacker) if cursor.only_hits => {
+                    Some(stacker) if ctx.cursor.only_hits => {
                         stacker
                             .stack(layer)
                             .map_err(|source| ExecutorError::Stack {
@@ -648,31 +594,33 @@ impl<'a> StageExecutor<'a> {
                         &self.options.apply,
                     )?;
                 }
-                cursor.baseline = None;
-                record.new_layers.push(layer.clone());
+                ctx.cursor.baseline = None;
+                ctx.record.new_layers.push(layer.clone());
             }
-            record.history.push(entry.history.clone());
-            progress.on_event(&ProgressEvent::CacheHit { step: step.number });
+            ctx.record.history.push(entry.history.clone());
+            ctx.progress.on_event(&ProgressEvent::CacheHit {
+                step: ctx.step.number,
+            });
             return Ok(FileOutcome {
                 layer: entry.layer,
                 cached: true,
             });
         }
-        cursor.only_hits = false;
+        ctx.cursor.only_hits = false;
         let mut options = SnapshotOptions::for_root(&self.rootfs, &self.options.own_dirs)?;
         for e in excluded {
             options.exclude(e);
         }
-        let before = match cursor.baseline.take() {
+        let before = match ctx.cursor.baseline.take() {
             Some(s) if excluded.is_empty() => s,
             Some(s) => without(s, &options),
             None => Snapshot::take(&self.rootfs, &options)?,
         };
-        execute(self, progress)?;
+        execute(self, &mut *ctx.progress)?;
         let after = Snapshot::take(&self.rootfs, &options)?;
         let changes = snapshot::diff(&before, &after);
         // A walk with extra exclusions is no baseline for the next step, which sees them.
-        cursor.baseline = excluded.is_empty().then_some(after);
+        ctx.cursor.baseline = excluded.is_empty().then_some(after);
         let layer = if changes.is_empty() {
             history.empty_layer = true;
             None
@@ -701,13 +649,26 @@ impl<'a> StageExecutor<'a> {
         };
         self.keys.put(&key, &entry)?;
         if let Some(l) = &layer {
-            record.new_layers.push(l.clone());
+            ctx.record.new_layers.push(l.clone());
         }
-        record.history.push(history);
+        ctx.record.history.push(history);
         Ok(FileOutcome {
             layer,
             cached: false,
         })
+    }
+
+    /// Writes a COPY-style plan into `dest` (the root, or a scratch copy).
+    fn apply_plan(
+        &self,
+        plan: &copy::CopyPlan,
+        dest: &Path,
+        line: usize,
+    ) -> Result<(), ExecutorError> {
+        let options = copy::ApplyOptions {
+            set_owner: self.options.set_owner,
+        };
+        copy::apply(plan, dest, options).map_err(|source| ExecutorError::Copy { line, source })
     }
 
     fn entry_usable(&self, entry: &CacheEntry) -> Result<bool, ExecutorError> {

@@ -267,14 +267,7 @@ impl StageExecutor<'_> {
             };
             let plan = copy::plan(&ctx, &spec, &dir)
                 .map_err(|source| ExecutorError::Copy { line, source })?;
-            copy::apply(
-                &plan,
-                &dir,
-                copy::ApplyOptions {
-                    set_owner: self.options.set_owner,
-                },
-            )
-            .map_err(|source| ExecutorError::Copy { line, source })?;
+            self.apply_plan(&plan, &dir, line)?;
             if let Some(RunMount::Bind { source, .. }) = mounts.get_mut(slot) {
                 *source = if rw.is_dir { dir } else { dir.join("file") };
             }

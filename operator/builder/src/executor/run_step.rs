@@ -10,17 +10,12 @@ impl StageExecutor<'_> {
     pub(super) fn step_run(
         &self,
         stage: &StageSpec<'_>,
-        ctx: StepCtx<'_, '_>,
+        ctx: &mut StepCtx<'_, '_>,
         run: &Run,
     ) -> Result<FileOutcome, ExecutorError> {
-        let StepCtx {
-            step,
-            cursor,
-            record,
-            progress,
-        } = ctx;
+        let step = ctx.step;
         let line = step.line;
-        let state = &cursor.state;
+        let state = &ctx.cursor.state;
         let history = state.run_history(run, &stage.args);
         let mut env = state.run_env(&stage.args);
         let script = shebang_script(run);
@@ -47,7 +42,7 @@ impl StageExecutor<'_> {
         // The key covers the history text (argv and every ARG in scope), the instruction as
         // written (mount flags, network) and the content of bind-mounted sources.
         let mut key = CacheKey::new(
-            &cursor.parent_key,
+            &ctx.cursor.parent_key,
             &format!("{}\n{}", history.created_by, step.original),
         );
         let mut prepared = Vec::new();
@@ -82,78 +77,67 @@ impl StageExecutor<'_> {
         let number = step.number;
         let original = step.original.to_string();
         let mut failed = None;
-        let result = self.file_step(
-            StepCtx {
-                step,
-                cursor: &mut *cursor,
-                record: &mut *record,
-                progress: &mut *progress,
-            },
-            key,
-            history,
-            &excluded,
-            |ex, progress| {
-                let cwd_path = rootpath::resolve(&ex.rootfs, &cwd, true)?.path;
-                fs::create_dir_all(&cwd_path).map_err(io_err("create", &cwd_path))?;
-                let mut request = request_base.clone();
-                let in_place = !ex.runner.can_mount();
-                let mut _placed = None;
-                let mut _scratch = if in_place {
-                    check_premounted(&ex.rootfs, &prepared, line)?;
-                    ScratchDirs(Vec::new())
+        let result = self.file_step(ctx, key, history, &excluded, |ex, progress| {
+            let cwd_path = rootpath::resolve(&ex.rootfs, &cwd, true)?.path;
+            fs::create_dir_all(&cwd_path).map_err(io_err("create", &cwd_path))?;
+            let mut request = request_base.clone();
+            let in_place = !ex.runner.can_mount();
+            let mut _placed = None;
+            let mut _scratch = if in_place {
+                check_premounted(&ex.rootfs, &prepared, line)?;
+                ScratchDirs(Vec::new())
+            } else {
+                ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?
+            };
+            if let Some((path, body)) = &script {
+                if in_place {
+                    _placed = Some(PlacedScript::write(&ex.rootfs, path, body)?);
                 } else {
-                    ex.materialize_rw_copies(&prepared, &mut request.mounts, line)?
-                };
-                if let Some((path, body)) = &script {
-                    if in_place {
-                        _placed = Some(PlacedScript::write(&ex.rootfs, path, body)?);
-                    } else {
-                        let file = ex.write_script(body, &mut _scratch)?;
-                        request.mounts.push(RunMount::Bind {
-                            source: file,
-                            target: PathBuf::from(path),
-                            readonly: true,
-                        });
-                    }
-                }
-                let stubs = Stubs::create(&ex.rootfs, &prepared)?;
-                let mut _locks = Vec::new();
-                for p in &prepared {
-                    if let Some(lock) = &p.lock {
-                        _locks.push(lock_file(lock)?);
-                    }
-                }
-                let outcome = ex
-                    .runner
-                    .run(&request, &mut |l: &str| {
-                        progress.on_event(&ProgressEvent::Output {
-                            step: number,
-                            line: l,
-                        });
-                    })
-                    .map_err(|source| ExecutorError::Runner { line, source });
-                let cleanup = stubs.remove();
-                let outcome = outcome?;
-                cleanup?;
-                if outcome.exit_code != 0 {
-                    failed = Some(FailedStep {
-                        instruction: original.clone(),
-                        line,
-                        exit_code: Some(outcome.exit_code),
-                        tail: outcome.tail.clone(),
-                    });
-                    return Err(ExecutorError::RunFailed {
-                        instruction: original.clone(),
-                        line,
-                        exit_code: outcome.exit_code,
-                        tail: outcome.tail,
+                    let file = ex.write_script(body, &mut _scratch)?;
+                    request.mounts.push(RunMount::Bind {
+                        source: file,
+                        target: PathBuf::from(path),
+                        readonly: true,
                     });
                 }
-                Ok(())
-            },
-        );
+            }
+            let stubs = Stubs::create(&ex.rootfs, &prepared)?;
+            let mut _locks = Vec::new();
+            for p in &prepared {
+                if let Some(lock) = &p.lock {
+                    _locks.push(lock_file(lock)?);
+                }
+            }
+            let outcome = ex
+                .runner
+                .run(&request, &mut |l: &str| {
+                    progress.on_event(&ProgressEvent::Output {
+                        step: number,
+                        line: l,
+                    });
+                })
+                .map_err(|source| ExecutorError::Runner { line, source });
+            let cleanup = stubs.remove();
+            let outcome = outcome?;
+            cleanup?;
+            if outcome.exit_code != 0 {
+                failed = Some(FailedStep {
+                    instruction: original.clone(),
+                    line,
+                    exit_code: Some(outcome.exit_code),
+                    tail: outcome.tail.clone(),
+                });
+                return Err(ExecutorError::RunFailed {
+                    instruction: original.clone(),
+                    line,
+                    exit_code: outcome.exit_code,
+                    tail: outcome.tail,
+                });
+            }
+            Ok(())
+        });
         if let Some(f) = failed {
-            record.failed = Some(f);
+            ctx.record.failed = Some(f);
         }
         result
     }
