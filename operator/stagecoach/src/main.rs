@@ -4,6 +4,7 @@
 
 mod build;
 mod crd;
+mod logging;
 mod plan;
 mod stage;
 
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         return ExitCode::from(stage::exec_step(&rest));
     }
     let cli = Cli::parse();
+    logging::init();
     // Each subcommand has its own error enum; here they only become a message and a code.
     let result = match cli.command {
         Command::Build(args) => build::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
@@ -53,7 +55,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err((message, code)) => {
-            eprintln!("error: {message}");
+            tracing::error!("error: {message}");
             ExitCode::from(code)
         }
     }

@@ -142,7 +142,7 @@ pub fn run(args: &PlanArgs) -> Result<(), PlanError> {
         source,
     })?;
     for warning in &plan.warnings {
-        eprintln!("warning: {warning}");
+        tracing::warn!("warning: {warning}");
     }
     match args.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&plan)?),

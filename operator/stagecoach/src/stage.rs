@@ -53,14 +53,14 @@ pub fn run(args: &StageArgs) -> u8 {
     }
     let small = result.to_json_within(TERMINATION_MESSAGE_LIMIT);
     if let Err(e) = std::fs::write(&args.termination_log, &small) {
-        eprintln!(
+        tracing::warn!(
             "warning: cannot write the termination message {}: {e}",
             args.termination_log.display()
         );
     }
     match &result.message {
-        Some(message) => eprintln!("[stage] failed ({}): {message}", reason_text(&result)),
-        None => eprintln!(
+        Some(message) => tracing::error!("[stage] failed ({}): {message}", reason_text(&result)),
+        None => tracing::info!(
             "[stage] done in {:.1}s, {} of {} steps cached",
             result.duration_ms as f64 / 1000.0,
             result.cache_hits,
@@ -92,8 +92,8 @@ fn run_one(job: &StageJob) -> StageResult {
     };
     let label = job.label.clone();
     let mut progress = |event: &ProgressEvent<'_>| match event {
-        ProgressEvent::StepStarted { .. } => eprintln!("{event}"),
-        _ => eprintln!("[{label}] {event}"),
+        ProgressEvent::StepStarted { .. } => tracing::info!("{event}"),
+        _ => tracing::info!("[{label}] {event}"),
     };
     let env = JobEnv {
         runner: &runner,
@@ -103,7 +103,7 @@ fn run_one(job: &StageJob) -> StageResult {
         Ok(outcome) => {
             if let Some(failed) = &outcome.result.failed_step {
                 for line in &failed.tail {
-                    eprintln!("[{label}] | {line}");
+                    tracing::info!("[{label}] | {line}");
                 }
             }
             outcome.result
@@ -124,6 +124,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// `stagecoach exec-step ARGS…`: never returns when the step starts.
 pub fn exec_step(args: &[std::ffi::OsString]) -> u8 {
     let error = stagecoach_builder::inplace::exec_step(args);
+    // Part of the RUN step's own output (the helper is the step's process), not a log line.
     eprintln!("{error}");
     error.exit_code()
 }

@@ -203,7 +203,7 @@ fn log(line: String) {
 }
 
 fn progress(line: &str) {
-    eprintln!("{line}");
+    crate::logging::line(line);
 }
 
 /// Runs `stagecoach build`.
