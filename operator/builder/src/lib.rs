@@ -19,6 +19,7 @@ pub mod job;
 pub mod local;
 pub mod oci_config;
 pub mod pattern;
+pub mod placeholders;
 pub mod remote;
 pub mod rootpath;
 pub mod runc;

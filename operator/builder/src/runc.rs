@@ -48,7 +48,6 @@
 //! cannot be raised). No seccomp profile and no cgroup limits; the cgroup path is unique per
 //! run (cgroupfs driver, as there is no systemd).
 
-mod mountpoints;
 mod spec;
 
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -61,6 +60,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::placeholders::{self, Destination, PlaceholderError, Placeholders};
 use crate::runner::{OutputTail, RunOutcome, RunRequest, Runner, RunnerError};
 
 /// Where Debian installs runc.
@@ -87,6 +87,9 @@ pub enum RuncError {
     /// The request cannot be run as given.
     #[error("invalid RUN request: {0}")]
     Invalid(String),
+    /// Mount points could not be made or removed in the root.
+    #[error(transparent)]
+    Placeholder(#[from] PlaceholderError),
     /// A file operation on the bundle or the root filesystem failed.
     #[error("{what}: {source}")]
     Io {
@@ -124,9 +127,10 @@ impl From<RuncError> for RunnerError {
         match e {
             RuncError::Timeout(d) => RunnerError::Timeout(d),
             RuncError::Exec { .. } | RuncError::Runtime(_) => RunnerError::Start(e.to_string()),
-            RuncError::Invalid(_) | RuncError::Io { .. } | RuncError::Cleanup { .. } => {
-                RunnerError::Setup(e.to_string())
-            }
+            RuncError::Invalid(_)
+            | RuncError::Placeholder(_)
+            | RuncError::Io { .. }
+            | RuncError::Cleanup { .. } => RunnerError::Setup(e.to_string()),
         }
     }
 }
@@ -367,7 +371,17 @@ impl RuncRunner {
             .map_err(|e| RuncError::Invalid(format!("encoding config.json: {e}")))?;
         write_file(&bundle.join("config.json"), &json)?;
 
-        run.placeholders = Some(mountpoints::prepare(&checked.rootfs, &mounts)?);
+        let destinations: Vec<Destination> = mounts
+            .iter()
+            .filter_map(|m| match m.mountpoint {
+                spec::Mountpoint::InsideEarlierMount => None,
+                spec::Mountpoint::File | spec::Mountpoint::Dir => Some(Destination {
+                    path: m.destination.clone(),
+                    file: m.mountpoint == spec::Mountpoint::File,
+                }),
+            })
+            .collect();
+        run.placeholders = Some(placeholders::prepare(&checked.rootfs, &destinations)?);
 
         let log_file = bundle.join("runc-log.json");
         let (reader, writer) = std::io::pipe().map_err(|e| RuncError::Io {
@@ -580,7 +594,7 @@ struct Cleanup<'a> {
     runner: &'a RuncRunner,
     id: String,
     bundle: Option<PathBuf>,
-    placeholders: Option<mountpoints::Placeholders>,
+    placeholders: Option<Placeholders>,
     /// Whether runc may have created the container.
     container: bool,
     /// `runc run`, until it has been waited for.
@@ -611,7 +625,7 @@ impl Cleanup<'_> {
             && !placeholders.is_empty()
             && let Err(e) = placeholders.remove()
         {
-            first.get_or_insert(e);
+            first.get_or_insert(e.into());
         }
         if let Some(bundle) = self.bundle.take()
             && let Err(e) = fs::remove_dir_all(&bundle)

@@ -118,6 +118,9 @@ pub enum ExecutorError {
     /// The image config could not be encoded.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// Mount points for a RUN's mounts could not be made or removed.
+    #[error(transparent)]
+    Placeholder(#[from] crate::placeholders::PlaceholderError),
     /// Other file-system work failed.
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -150,7 +153,7 @@ impl ExecutorError {
             ExecutorError::CacheKey(_) | ExecutorError::Context(_) => StageReason::SourceReadFailed,
             ExecutorError::RootPath(_) => StageReason::PathResolveFailed,
             ExecutorError::Config(_) => StageReason::ConfigFailed,
-            ExecutorError::Io { .. } => StageReason::IoFailed,
+            ExecutorError::Io { .. } | ExecutorError::Placeholder(_) => StageReason::IoFailed,
         }
     }
 

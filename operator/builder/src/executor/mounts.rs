@@ -3,6 +3,7 @@
 //! the root and their removal, throw-away copies for read-write binds, the check that a
 //! runner which cannot mount finds every target mounted, and the locks of shared caches.
 use super::*;
+use crate::placeholders::{self, Destination, Placeholders};
 
 impl StageExecutor<'_> {
     pub(super) fn prepare_mount(
@@ -153,7 +154,7 @@ impl StageExecutor<'_> {
                         readonly: true,
                     }),
                     target: Some(target),
-                    stub: StubKind::Secret,
+                    stub: StubKind::File,
                     key_input: None,
                     lock: None,
                     rw_copy: None,
@@ -169,10 +170,11 @@ pub(super) static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic:
 /// The mount-point stub a RUN mount needs in the root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StubKind {
+    /// A directory, removed afterwards only while empty (what the RUN put there is output).
     Dir,
+    /// A file (a file bind, a secret), removed afterwards whatever is in it: a secret's
+    /// placeholder is never trusted.
     File,
-    /// A file whose content is never trusted: removed after the run whatever is in it.
-    Secret,
 }
 
 pub(super) struct PreparedMount {
@@ -290,100 +292,24 @@ impl PreparedMount {
     }
 }
 
-/// Mount stubs the executor created for one RUN, removed afterwards (deepest first) so a
-/// mount leaves no trace in the root, as BuildKit removes its mount stubs.
-pub(super) struct Stubs {
-    pub(super) created: Vec<(PathBuf, StubKind)>,
-    /// Existing directories stubs were made in: their times before, and their mtime right
-    /// after the stubs were made (to tell whether the process changed them itself).
-    pub(super) parents: Vec<(PathBuf, fs::Metadata, std::time::SystemTime)>,
-}
-
-impl Stubs {
-    pub(super) fn create(rootfs: &Path, mounts: &[PreparedMount]) -> Result<Stubs, ExecutorError> {
-        let mut created = Vec::new();
-        let mut parents = Vec::new();
-        for p in mounts {
-            let Some(target) = &p.target else { continue };
-            if p.mount.is_none() {
-                continue;
-            }
-            let resolved = rootpath::resolve(rootfs, target, true)?;
-            // Record every missing ancestor so the cleanup removes what the stub added.
-            let mut missing = Vec::new();
-            let mut cur = resolved.path.clone();
-            while cur.starts_with(rootfs) && cur != rootfs && fs::symlink_metadata(&cur).is_err() {
-                missing.push(cur.clone());
-                if !cur.pop() {
-                    break;
-                }
-            }
-            let parent = missing
-                .last()
-                .and_then(|p| p.parent())
-                .map(Path::to_path_buf);
-            let parent_meta = match &parent {
-                Some(p) => Some(fs::metadata(p).map_err(io_err("inspect", p))?),
-                None => None,
-            };
-            for (i, path) in missing.iter().enumerate().rev() {
-                let is_leaf = i == 0;
-                if is_leaf && p.stub != StubKind::Dir {
-                    fs::File::create(path).map_err(io_err("create mount stub", path))?;
-                    created.push((path.clone(), p.stub));
-                } else {
-                    fs::create_dir(path).map_err(io_err("create mount stub", path))?;
-                    created.push((path.clone(), StubKind::Dir));
-                }
-            }
-            if let (Some(p), Some(before)) = (parent, parent_meta) {
-                let now = fs::metadata(&p)
-                    .and_then(|m| m.modified())
-                    .map_err(io_err("inspect", &p))?;
-                parents.push((p, before, now));
-            }
-        }
-        Ok(Stubs { created, parents })
-    }
-
-    pub(super) fn remove(self) -> Result<(), ExecutorError> {
-        // Parents the process left alone get their times back after the stubs go, so a
-        // mount does not make its parent directory look modified to the snapshot.
-        let untouched: Vec<_> = self
-            .parents
-            .iter()
-            .filter(|(p, _, after_create)| {
-                fs::metadata(p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|m| m == *after_create)
+/// Makes the mount points one RUN's mounts need in the root (crate::placeholders), removed
+/// after the run so a mount leaves no trace in the root, as BuildKit removes its mount stubs.
+/// A secret's placeholder is a file removed whatever the process wrote into it.
+pub(super) fn stubs(
+    rootfs: &Path,
+    mounts: &[PreparedMount],
+) -> Result<Placeholders, ExecutorError> {
+    let destinations: Vec<Destination> = mounts
+        .iter()
+        .filter(|p| p.mount.is_some())
+        .filter_map(|p| {
+            p.target.as_ref().map(|t| Destination {
+                path: t.clone(),
+                file: p.stub != StubKind::Dir,
             })
-            .collect();
-        for (path, kind) in self.created.iter().rev() {
-            let (path, kind) = (path.clone(), *kind);
-            let result = match kind {
-                // A directory the RUN also wrote into is kept: its contents are real output.
-                StubKind::Dir => match fs::remove_dir(&path) {
-                    Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(()),
-                    other => other,
-                },
-                StubKind::File | StubKind::Secret => fs::remove_file(&path),
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove mount stub", &path)(e)),
-            }
-        }
-        for (p, before, _) in untouched.into_iter().rev() {
-            let times = fs::FileTimes::new()
-                .set_accessed(before.accessed().map_err(io_err("inspect", p))?)
-                .set_modified(before.modified().map_err(io_err("inspect", p))?);
-            fs::File::open(p)
-                .and_then(|f| f.set_times(times))
-                .map_err(io_err("restore times of", p))?;
-        }
-        Ok(())
-    }
+        })
+        .collect();
+    Ok(placeholders::prepare(rootfs, &destinations)?)
 }
 
 /// For a runner that cannot mount: every mount the step declares must already be a mount

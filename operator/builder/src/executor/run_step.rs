@@ -3,7 +3,7 @@
 //! snapshots. With a runner that cannot mount (a builder pod), mounts must already be in
 //! place and a `#!` script is written where it would have been bound.
 
-use super::mounts::{ScratchDirs, Stubs, check_premounted, lock_file};
+use super::mounts::{ScratchDirs, check_premounted, lock_file, stubs};
 use super::*;
 
 impl StageExecutor<'_> {
@@ -101,7 +101,7 @@ impl StageExecutor<'_> {
                     });
                 }
             }
-            let stubs = Stubs::create(&ex.rootfs, &prepared)?;
+            let mut stubs = stubs(&ex.rootfs, &prepared)?;
             let mut _locks = Vec::new();
             for p in &prepared {
                 if let Some(lock) = &p.lock {
@@ -117,7 +117,7 @@ impl StageExecutor<'_> {
                     });
                 })
                 .map_err(|source| ExecutorError::Runner { line, source });
-            let cleanup = stubs.remove();
+            let cleanup = stubs.remove().map_err(ExecutorError::from);
             let outcome = outcome?;
             cleanup?;
             if outcome.exit_code != 0 {

@@ -1,4 +1,6 @@
-//! Mount points inside the root filesystem that runc needs but the stage must never see.
+//! Mount points inside a root filesystem that a RUN needs but the stage must never see: the
+//! one home for them, used by the runc runner (runc's own `/proc`, `/dev`, `/etc/hosts`, …)
+//! and by the executor (each `RUN --mount` target).
 //!
 //! runc creates a missing mount destination itself and leaves it behind, so a `FROM scratch`
 //! root would gain `/proc`, `/dev`, `/sys`, `/etc/hosts` and so on in its next layer. Instead
@@ -18,9 +20,32 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::RuncError;
-use super::spec::{Mountpoint, PlannedMount};
-use crate::rootpath;
+use crate::rootpath::{self, RootPathError};
+
+/// Why placeholders could not be made or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceholderError {
+    /// A destination could not be resolved inside the root.
+    #[error("mount point: {0}")]
+    Resolve(#[from] RootPathError),
+    /// A file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, and on what.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A mount destination inside the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The path inside the root ('/'-separated, absolute).
+    pub path: String,
+    /// Whether the mount's source is a file (the placeholder is an empty file).
+    pub file: bool,
+}
 
 /// A pre-existing directory we added an entry to.
 #[derive(Debug)]
@@ -35,20 +60,20 @@ struct Touched {
 
 /// What [`prepare`] created, to be undone by [`Placeholders::remove`].
 #[derive(Debug, Default)]
-pub(super) struct Placeholders {
+pub struct Placeholders {
     /// Created entries in creation order (parents before children).
     created: Vec<(PathBuf, bool)>,
     touched: Vec<Touched>,
 }
 
-fn io_error(what: &str, path: &Path, source: std::io::Error) -> RuncError {
-    RuncError::Io {
+fn io_error(what: &str, path: &Path, source: std::io::Error) -> PlaceholderError {
+    PlaceholderError::Io {
         what: format!("{what} {}", path.display()),
         source,
     }
 }
 
-fn times(path: &Path) -> Result<(SystemTime, SystemTime), RuncError> {
+fn times(path: &Path) -> Result<(SystemTime, SystemTime), PlaceholderError> {
     let meta = fs::metadata(path).map_err(|e| io_error("inspecting", path, e))?;
     let accessed = meta
         .accessed()
@@ -59,11 +84,14 @@ fn times(path: &Path) -> Result<(SystemTime, SystemTime), RuncError> {
     Ok((accessed, modified))
 }
 
-/// Creates the missing mount destinations of `mounts` inside `rootfs`. On error, whatever was
-/// already created is removed again before returning.
-pub(super) fn prepare(rootfs: &Path, mounts: &[PlannedMount]) -> Result<Placeholders, RuncError> {
+/// Creates the missing `destinations` inside `rootfs`. On error, whatever was already
+/// created is removed again before returning.
+pub fn prepare(
+    rootfs: &Path,
+    destinations: &[Destination],
+) -> Result<Placeholders, PlaceholderError> {
     let mut placeholders = Placeholders::default();
-    match placeholders.create_all(rootfs, mounts) {
+    match placeholders.create_all(rootfs, destinations) {
         Ok(()) => Ok(placeholders),
         Err(e) => {
             // Best effort: the first error is the one worth reporting.
@@ -74,18 +102,17 @@ pub(super) fn prepare(rootfs: &Path, mounts: &[PlannedMount]) -> Result<Placehol
 }
 
 impl Placeholders {
-    fn create_all(&mut self, rootfs: &Path, mounts: &[PlannedMount]) -> Result<(), RuncError> {
-        for mount in mounts {
-            let want_file = match mount.mountpoint {
-                Mountpoint::InsideEarlierMount => continue,
-                Mountpoint::File => true,
-                Mountpoint::Dir => false,
-            };
+    fn create_all(
+        &mut self,
+        rootfs: &Path,
+        destinations: &[Destination],
+    ) -> Result<(), PlaceholderError> {
+        for destination in destinations {
+            let want_file = destination.file;
             // Resolve as runc will (symlinks followed, scoped to the root), so the
             // placeholder lands where runc mounts, e.g. through a dangling
             // `/etc/resolv.conf` symlink.
-            let resolved = rootpath::resolve(rootfs, &mount.destination, true)
-                .map_err(|e| RuncError::Invalid(e.to_string()))?;
+            let resolved = rootpath::resolve(rootfs, &destination.path, true)?;
             let components: Vec<&str> = resolved.rel.split('/').filter(|c| !c.is_empty()).collect();
             let mut current = rootfs.to_path_buf();
             for (index, component) in components.iter().enumerate() {
@@ -122,7 +149,7 @@ impl Placeholders {
     }
 
     /// Records a directory's times before we first add to it (unless we created it).
-    fn touch(&mut self, dir: &Path) -> Result<(), RuncError> {
+    fn touch(&mut self, dir: &Path) -> Result<(), PlaceholderError> {
         if self.created.iter().any(|(p, _)| p == dir) || self.touched.iter().any(|t| t.dir == dir) {
             return Ok(());
         }
@@ -137,14 +164,14 @@ impl Placeholders {
     }
 
     /// Whether anything was created.
-    pub(super) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.created.is_empty()
     }
 
     /// Removes what was created, children first, and restores the touched directories'
     /// times. Returns the first error; keeps going after one so as much as possible is undone.
-    pub(super) fn remove(&mut self) -> Result<(), RuncError> {
-        let mut first_error: Option<RuncError> = None;
+    pub fn remove(&mut self) -> Result<(), PlaceholderError> {
+        let mut first_error: Option<PlaceholderError> = None;
         // Decide before removing anything, since the removals themselves change mtimes.
         let untouched_by_process: Vec<bool> = self
             .touched
