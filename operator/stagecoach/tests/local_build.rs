@@ -7,6 +7,8 @@
 //! Needs root, runc, docker-registry, skopeo and the e2e scripts; `e2e/test-all` provides them
 //! and runs this file with `cargo test -p stagecoach --features e2e --test local_build`.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -602,4 +604,158 @@ fn push_and_layout_output_name_the_digest_stdout_gives() {
         inspect(&format!("oci:{}:prod", layout.path().display())),
         digest
     );
+}
+
+/// The pinned manifest digest `stagecoach build` reported pulling for `image`.
+fn pulled_digest(build: &Build, image: &str) -> Digest {
+    let stderr = build.stderr();
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("[pull] {image} ")))
+        .unwrap_or_else(|| panic!("no pull of {image} in:\n{stderr}"));
+    let digest = line.split("→ ").nth(1).unwrap().split(' ').next().unwrap();
+    Digest::parse(digest).unwrap()
+}
+
+#[test]
+fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
+    use stagecoach_protocol::job::{JOB_VERSION, JobBase, JobOptions, StageJob};
+    use stagecoach_protocol::{CacheLayout, LayerRecord, StageResult};
+
+    // Two stages, the second `FROM` the first: in a pod the second starts from the busybox
+    // image again and applies the first stage's layers in place (with a whiteout), then
+    // runs as a named user and with a cache mount.
+    let ctx = Context::new(&[(
+        "Dockerfile",
+        "FROM $REGISTRY/library/busybox AS base\n\
+         RUN mkdir -p /data && echo a > /data/a && echo old > /data/old\n\
+         FROM base AS app\n\
+         RUN rm /data/old && echo b > /data/b && chown 1000:1000 /data/b\n\
+         RUN --mount=type=cache,id=c,target=/var/cache/c echo x > /var/cache/c/x && cp /var/cache/c/x /data/x\n",
+    )]);
+    let cache = tempfile::tempdir().unwrap();
+    let layout = tempfile::tempdir().unwrap();
+    let out = format!("oci:{}", layout.path().display());
+    let built = build(&ctx, cache.path(), &["--target", "app", "--output", &out]);
+    built.assert_ok();
+    let (config, _) = unpack(layout.path(), "app");
+    let expected: Vec<Digest> = config.rootfs.diff_ids.clone();
+
+    // The base image as the controller resolves it: manifest, config and layers.
+    let image = format!("{}/library/busybox", registry());
+    let store = ContentStore::open(cache.path()).unwrap();
+    let manifest_digest = pulled_digest(&built, &image);
+    let manifest: ImageManifest =
+        serde_json::from_slice(&store.read_to_vec(&manifest_digest, 1 << 20).unwrap()).unwrap();
+    let config_bytes = store.read_to_vec(&manifest.config.digest, 1 << 20).unwrap();
+    let base_config = ImageConfig::from_json(&config_bytes).unwrap();
+    let base_layers: Vec<LayerRecord> = manifest
+        .layers
+        .iter()
+        .zip(&base_config.rootfs.diff_ids)
+        .map(|(l, diff_id)| LayerRecord {
+            media_type: stagecoach_oci::media_type::to_oci(&l.media_type).to_string(),
+            digest: l.digest.clone(),
+            diff_id: diff_id.clone(),
+            size: l.size,
+        })
+        .collect();
+    // Each pod's root is the image, unpacked, plus the test binary's libraries.
+    let image_root = |root: &Path| {
+        for l in &base_layers {
+            apply_layer_blob(
+                &store,
+                &l.digest,
+                Some(&l.diff_id),
+                root,
+                &ApplyOptions::default(),
+            )
+            .unwrap();
+        }
+        common::add_binary_libs(root);
+    };
+    let job = |stage: usize, label: &str, base: JobBase, apply: Vec<LayerRecord>| StageJob {
+        version: JOB_VERSION,
+        build: "b".into(),
+        dockerfile: std::fs::read_to_string(ctx.path().join("Dockerfile")).unwrap(),
+        dockerfile_path: None,
+        stage,
+        label: label.into(),
+        build_args: Default::default(),
+        base,
+        root: "/".into(),
+        apply,
+        context: CacheLayout::new(common::POD_CACHE).build_context("b"),
+        cache: common::POD_CACHE.into(),
+        stages: vec![],
+        images: vec![],
+        secrets: vec![],
+        options: JobOptions::default(),
+        result: Some(
+            CacheLayout::new(common::POD_CACHE)
+                .build_stage("b", stage)
+                .join("result.json"),
+        ),
+    };
+    let pods = tempfile::tempdir().unwrap();
+    let run = |name: &str, job: &StageJob, mounts: &[(&str, &str)]| -> StageResult {
+        let pod = common::Pod::new(&pods.path().join(name));
+        // Both pods share one cache volume, as the stages of one build do.
+        std::fs::remove_dir(pod.cache()).unwrap();
+        std::os::unix::fs::symlink(pods.path().join("volume"), pod.cache()).unwrap();
+        image_root(&pod.root());
+        let (code, lines, result) = pod.run(job, mounts);
+        assert_eq!(code, 0, "{name} failed:\n{}", lines.join("\n"));
+        result
+    };
+    std::fs::create_dir_all(CacheLayout::new(pods.path().join("volume")).build_context("b"))
+        .unwrap();
+    let config_json: serde_json::Value = serde_json::from_slice(&config_bytes).unwrap();
+    let base = run(
+        "base",
+        &job(
+            0,
+            "base",
+            JobBase::Image {
+                reference: format!("{image}@{manifest_digest}"),
+                manifest: manifest_digest.clone(),
+                config: config_json,
+                layers: base_layers.clone(),
+            },
+            vec![],
+        ),
+        &[],
+    );
+    let own: Vec<LayerRecord> = base.layers[base_layers.len()..].to_vec();
+    let app = run(
+        "app",
+        &job(
+            1,
+            "app",
+            JobBase::Stage {
+                index: 0,
+                config: base.config_digest.clone().unwrap(),
+                layers: base.layers.clone(),
+            },
+            own,
+        ),
+        &[("c", "/var/cache/c")],
+    );
+    let got: Vec<Digest> = app.layers.iter().map(|l| l.diff_id.clone()).collect();
+    assert_eq!(
+        got, expected,
+        "the pods' layers differ from stagecoach build's"
+    );
+    // The full result is on the cache volume too.
+    let full: StageResult = serde_json::from_slice(
+        &std::fs::read(
+            CacheLayout::new(pods.path().join("volume"))
+                .build_stage("b", 1)
+                .join("result.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(full.layers, app.layers);
+    assert!(!full.steps.is_empty());
 }

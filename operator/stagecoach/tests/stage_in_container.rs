@@ -10,17 +10,16 @@
 //! Needs root, runc and busybox (Debian's `runc` and `busybox-static`); without them the
 //! test says why and passes.
 
-use std::fs;
-use std::os::unix::fs::{PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+mod common;
 
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::{DENIED, POD_CACHE, Pod, available, binary, busybox_root};
 use stagecoach_builder::executor::ProgressEvent;
 use stagecoach_builder::job::{JobEnv, run_job};
 use stagecoach_builder::runc::RuncRunner;
-use stagecoach_builder::runner::{RunMount, RunNetwork, RunRequest, Runner};
-use stagecoach_builder::users::ProcessUser;
 use stagecoach_protocol::job::{JOB_VERSION, JobBase, JobOptions, StageJob};
 use stagecoach_protocol::result::Outcome;
 use stagecoach_protocol::{CacheLayout, StageReason, StageResult};
@@ -41,87 +40,6 @@ EOF
 FROM scratch AS missing
 RUN --mount=type=cache,target=/not/mounted touch /not/mounted/x
 "#;
-
-/// What a baseline pod's runtime profile refuses without `CAP_SYS_ADMIN`.
-const DENIED: [&str; 5] = ["mount", "umount2", "unshare", "setns", "pivot_root"];
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-fn available() -> bool {
-    if !is_root() {
-        println!("SKIP stage_in_container: needs root (runc containers)");
-        return false;
-    }
-    if let Err(e) = RuncRunner::new().version() {
-        println!("SKIP stage_in_container: runc unavailable ({e}); apt-get install -y runc");
-        return false;
-    }
-    if busybox().is_none() {
-        println!("SKIP stage_in_container: busybox missing; apt-get install -y busybox-static");
-        return false;
-    }
-    true
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_stagecoach"))
-}
-
-/// A busybox root with a user `app` (1000:1000, also in group `wheel`, 10) and the shared
-/// libraries the (dynamically linked) test binary needs, so it can run inside.
-fn make_root(root: &Path) {
-    let busybox = busybox().unwrap();
-    fs::create_dir_all(root.join("bin")).unwrap();
-    fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-    let list = Command::new(&busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !applet.is_empty() && applet != "busybox" {
-            symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
-    )
-    .unwrap();
-    fs::write(
-        root.join("etc/group"),
-        "root:x:0:\nwheel:x:10:app\napp:x:1000:\n",
-    )
-    .unwrap();
-    fs::create_dir_all(root.join("tmp")).unwrap();
-    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
-    let ldd = Command::new("ldd").arg(binary()).output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        let path = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        let Some(path) = path.filter(|p| p.starts_with('/')) else {
-            continue;
-        };
-        let dest = root.join(path.trim_start_matches('/'));
-        fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        fs::copy(path, &dest).unwrap();
-    }
-}
 
 fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
     StageJob {
@@ -159,109 +77,19 @@ fn layer_files(cache: &Path, digest: &stagecoach_protocol::Digest) -> Vec<String
         .collect()
 }
 
-struct Pod {
-    dir: PathBuf,
-    runner: RuncRunner,
-}
-
-impl Pod {
-    fn new(dir: &Path) -> Pod {
-        for d in ["state", "bundles", "cache", "spec"] {
-            fs::create_dir_all(dir.join(d)).unwrap();
-        }
-        fs::create_dir_all(CacheLayout::new(dir.join("cache")).build_context("b")).unwrap();
-        fs::create_dir_all(CacheLayout::new(dir.join("cache")).mount("thing")).unwrap();
-        make_root(&dir.join("rootfs"));
-        let runner = RuncRunner::new()
-            .with_state_root(dir.join("state"))
-            .with_bundle_parent(dir.join("bundles"))
-            .with_denied_syscalls(&DENIED)
-            // Pods allow privilege escalation unless told otherwise.
-            .with_no_new_privileges(false);
-        Pod {
-            dir: dir.to_owned(),
-            runner,
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.join("rootfs")
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.dir.join("cache")
-    }
-
-    /// Runs `stagecoach stage` for `job` as the container's first process; returns its exit
-    /// code, its output and the termination message it left.
-    fn run(&self, job: &StageJob) -> (i32, Vec<String>, StageResult) {
-        fs::write(
-            self.dir.join("spec/job.json"),
-            serde_json::to_vec(job).unwrap(),
-        )
-        .unwrap();
-        let termination = self.dir.join("termination-log");
-        fs::write(&termination, b"").unwrap();
-        let bind = |source: PathBuf, target: &str, readonly: bool| RunMount::Bind {
-            source,
-            target: target.into(),
-            readonly,
-        };
-        let request = RunRequest {
-            rootfs: self.root(),
-            argv: vec![
-                "/.stagecoach/bin/stagecoach".into(),
-                "stage".into(),
-                "--spec".into(),
-                "/.stagecoach/spec/job.json".into(),
-            ],
-            env: vec![("PATH".into(), "/bin".into())],
-            cwd: "/".into(),
-            user: ProcessUser::default(),
-            mounts: vec![
-                bind(binary(), "/.stagecoach/bin/stagecoach", true),
-                bind(self.dir.join("spec"), "/.stagecoach/spec", true),
-                bind(self.cache(), "/cache", false),
-                bind(
-                    CacheLayout::new(self.cache()).mount("thing"),
-                    "/var/cache/thing",
-                    false,
-                ),
-                bind(termination.clone(), "/dev/termination-log", false),
-            ],
-            network: RunNetwork::Host,
-            hostname: "builder-pod".into(),
-            timeout: Some(Duration::from_secs(120)),
-            tail_lines: 200,
-        };
-        let mut lines = Vec::new();
-        let outcome = self
-            .runner
-            .run(&request, &mut |l: &str| lines.push(l.to_string()))
-            .unwrap();
-        let message = fs::read(&termination).unwrap();
-        assert!(
-            message.len() <= 4096,
-            "termination message of {} bytes",
-            message.len()
-        );
-        let result: StageResult = serde_json::from_slice(&message)
-            .unwrap_or_else(|e| panic!("termination message: {e}\noutput:\n{}", lines.join("\n")));
-        (outcome.exit_code, lines, result)
-    }
-}
-
 #[test]
 fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
-    if !available() {
+    if !available("stage_in_container") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
     let pod = Pod::new(&tmp.path().join("pod"));
+    busybox_root(&pod.root());
+    fs::create_dir_all(CacheLayout::new(pod.cache()).build_context("b")).unwrap();
 
     // The local path: the same job over a copy of the same root, RUN under runc.
     let local = tmp.path().join("local");
-    make_root(&local.join("rootfs"));
+    busybox_root(&local.join("rootfs"));
     fs::create_dir_all(CacheLayout::new(local.join("cache")).build_context("b")).unwrap();
     for d in ["state", "bundles"] {
         fs::create_dir_all(local.join(d)).unwrap();
@@ -283,7 +111,8 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
         reference.result
     );
 
-    let (code, lines, result) = pod.run(&job(0, "good", Path::new("/"), Path::new("/cache")));
+    let pod_job = |stage, label| job(stage, label, Path::new("/"), Path::new(POD_CACHE));
+    let (code, lines, result) = pod.run(&pod_job(0, "good"), &[("thing", "/var/cache/thing")]);
     let output = lines.join("\n");
     assert_eq!(code, 0, "stage failed:\n{output}");
     assert_eq!(result.outcome, Outcome::Succeeded, "{output}");
@@ -335,7 +164,7 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
     }
 
     // A step whose mount the pod does not provide fails with its reason and writes nothing.
-    let (code, lines, result) = pod.run(&job(1, "missing", Path::new("/"), Path::new("/cache")));
+    let (code, lines, result) = pod.run(&pod_job(1, "missing"), &[]);
     let output = lines.join("\n");
     assert_eq!(code, 2, "{output}");
     assert_eq!(result.reason, Some(StageReason::MountMissing), "{output}");
