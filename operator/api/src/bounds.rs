@@ -74,6 +74,22 @@ pub const MAX_BUILD_ARGS: u32 = 64;
 /// Longest `buildArgs` value.
 pub const MAX_BUILD_ARG_VALUE: u32 = 4096;
 
+/// Most `secrets` entries.
+pub const MAX_BUILD_SECRETS: u32 = 32;
+
+/// Longest build secret id (`RUN --mount=type=secret,id=…`).
+pub const MAX_SECRET_ID: u32 = 63;
+
+/// A build secret id: letters, digits, `.`, `_` and `-`, not starting with `.` (so it is
+/// also a file name under `/run/secrets` and a Secret volume item path).
+pub const SECRET_ID: &str = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$";
+
+/// Longest key of a Secret's data (what the API server allows).
+pub const MAX_SECRET_KEY: u32 = 253;
+
+/// A key of a Secret's data, as the API server accepts it.
+pub const SECRET_KEY: &str = r"^[-._a-zA-Z0-9]+$";
+
 /// Longest inline Dockerfile (64 KiB).
 pub const MAX_INLINE_DOCKERFILE: u32 = 65_536;
 

@@ -16,8 +16,9 @@ pub mod timeout;
 pub use crd::{CRD_PATH, RenderError, crd, crd_yaml};
 pub use reason::{ConditionStatus, Reason, SUCCEEDED};
 pub use spec::{
-    CacheSpec, ConfigMapSource, DEFAULT_DOCKERFILE, DEFAULT_TIMEOUT, GitSource, ImageBuild,
-    ImageBuildSpec, InlineSource, SecretReference, Source, SourceError, SourceKind, Target,
+    BuildSecret, CacheSpec, ConfigMapSource, DEFAULT_DOCKERFILE, DEFAULT_TIMEOUT, GitSource,
+    ImageBuild, ImageBuildSpec, InlineSource, SecretKeyReference, SecretReference, Source,
+    SourceError, SourceKind, Target,
 };
 pub use status::{ImageBuildStatus, ImageStatus, StageState, StageStatus};
 pub use timeout::{InvalidTimeout, parse_timeout};

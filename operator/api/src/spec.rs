@@ -118,6 +118,17 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_secret: Option<SecretReference>,
 
+    /// Build secrets for RUN --mount=type=secret,id=…: each id names a key of a Secret in
+    /// the ImageBuild's namespace, like `docker build --secret id=…`. Only the builder pods of
+    /// stages whose RUN steps ask for an id get that value, as a file at the mount's target
+    /// (default /run/secrets/<id>); it never reaches a layer, a log line or the status. A
+    /// RUN step that asks for an id not listed here builds without it, unless the mount says
+    /// required=true. At most 32 entries, one per id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = bounds::MAX_BUILD_SECRETS))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["id".into()]))]
+    pub secrets: Vec<BuildSecret>,
+
     /// The shared cache volume that holds the build context, the layers and the results of
     /// every stage. Without it, the operator's default cache claim is used (set when the
     /// operator is installed).
@@ -296,6 +307,33 @@ pub struct Target {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = bounds::MAX_IMAGE_REFERENCE), pattern(bounds::IMAGE_REFERENCE))]
     pub image: Option<String>,
+}
+
+/// A build secret: the id RUN steps name, and the Secret key that holds its value.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildSecret {
+    /// The id in RUN --mount=type=secret,id=<id>. Letters, digits, ".", "_" and "-", not
+    /// starting with "."; at most 63 characters.
+    #[schemars(length(min = 1, max = bounds::MAX_SECRET_ID), pattern(bounds::SECRET_ID))]
+    pub id: String,
+
+    /// The key of a Secret in the ImageBuild's namespace whose value is the secret.
+    pub secret_key_ref: SecretKeyReference,
+}
+
+/// One key of a Secret in the ImageBuild's namespace.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyReference {
+    /// Name of the Secret. A DNS-1123 subdomain of at most 253 characters.
+    #[schemars(length(min = 1, max = bounds::MAX_DNS1123_SUBDOMAIN), pattern(bounds::DNS1123_SUBDOMAIN))]
+    pub name: String,
+
+    /// The key in the Secret's data: letters, digits, "-", "_" and "."; at most 253
+    /// characters.
+    #[schemars(length(min = 1, max = bounds::MAX_SECRET_KEY), pattern(bounds::SECRET_KEY))]
+    pub key: String,
 }
 
 /// A Secret in the ImageBuild's namespace.

@@ -171,3 +171,19 @@ fn condition_reason() {
         &["", "stage failed", "Bad-Reason", "Trailing:"],
     );
 }
+
+#[test]
+fn build_secret_ids_and_keys() {
+    check(
+        "SECRET_ID",
+        bounds::SECRET_ID,
+        &["npmrc", "aws_creds", "GIT-TOKEN", "id.v2", "-x", "_"],
+        &["", ".npmrc", "..", "a/b", "a b", "$ID", "a=b"],
+    );
+    check(
+        "SECRET_KEY",
+        bounds::SECRET_KEY,
+        &[".npmrc", "token", "config.json", "A_B-c"],
+        &["", "a/b", "a b", "key:1"],
+    );
+}

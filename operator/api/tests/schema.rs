@@ -155,6 +155,7 @@ fn list_maps() {
     let s = schema();
     for (path, key) in [
         ("spec.targets", "stage"),
+        ("spec.secrets", "id"),
         ("status.conditions", "type"),
         ("status.stages", "name"),
         ("status.images", "target"),
@@ -199,6 +200,8 @@ fn required_fields() {
     assert_eq!(required("spec.targets.[]"), ["stage"]);
     assert_eq!(required("spec.pushSecret"), ["name"]);
     assert_eq!(required("spec.cache"), ["claimName"]);
+    assert_eq!(required("spec.secrets.[]"), ["id", "secretKeyRef"]);
+    assert_eq!(required("spec.secrets.[].secretKeyRef"), ["key", "name"]);
     assert!(required("status").is_empty());
     assert_eq!(required("status.stages.[]"), ["index", "name", "state"]);
     assert_eq!(required("status.images.[]"), ["digest", "image", "target"]);
@@ -236,6 +239,18 @@ fn bounds_reach_the_schema() {
             bounds::MAX_BUILD_ARG_VALUE,
         ),
         ("spec.targets", "maxItems", bounds::MAX_TARGETS),
+        ("spec.secrets", "maxItems", bounds::MAX_BUILD_SECRETS),
+        ("spec.secrets.[].id", "maxLength", bounds::MAX_SECRET_ID),
+        (
+            "spec.secrets.[].secretKeyRef.name",
+            "maxLength",
+            bounds::MAX_DNS1123_SUBDOMAIN,
+        ),
+        (
+            "spec.secrets.[].secretKeyRef.key",
+            "maxLength",
+            bounds::MAX_SECRET_KEY,
+        ),
         ("spec.targets.[].stage", "maxLength", bounds::MAX_STAGE_NAME),
         ("spec.image", "maxLength", bounds::MAX_IMAGE_REFERENCE),
         ("spec.source.git.url", "maxLength", bounds::MAX_GIT_URL),
