@@ -22,6 +22,7 @@ pub mod pattern;
 pub mod placeholders;
 pub mod remote;
 pub mod rootpath;
+pub mod run_mounts;
 pub mod runc;
 pub mod runner;
 pub mod snapshot;

@@ -32,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use stagecoach_dockerfile::instructions::{
-    Add, CommandLine, Copy as CopyInstr, Instruction, Located, MountType, NetworkMode, Run,
-    Sharing, Transfer,
+    Add, CommandLine, Copy as CopyInstr, Instruction, Located, NetworkMode, Run, Sharing, Transfer,
 };
 use stagecoach_dockerfile::parser::Heredoc;
 use stagecoach_dockerfile::shell::ShellLex;

@@ -4,6 +4,7 @@
 //! runner which cannot mount finds every target mounted, and the locks of shared caches.
 use super::*;
 use crate::placeholders::{self, Destination, Placeholders};
+use crate::run_mounts::{self, MountNeed, MountPlanError};
 
 impl StageExecutor<'_> {
     pub(super) fn prepare_mount(
@@ -13,22 +14,19 @@ impl StageExecutor<'_> {
         line: usize,
         env: &mut Vec<(String, String)>,
     ) -> Result<PreparedMount, ExecutorError> {
-        let absolute = |t: &str| -> String {
-            if t.starts_with('/') {
-                crate::pattern::clean(t)
-            } else {
-                crate::pattern::clean(&format!("{cwd}/{t}"))
-            }
-        };
-        let target = m.target.as_deref().map(absolute);
-        let unsupported = |what: &str| ExecutorError::Unsupported {
-            line,
-            what: what.to_string(),
-        };
-        match m.kind {
-            MountType::Cache => {
-                let target = target.ok_or_else(|| unsupported("a cache mount without target"))?;
-                let id = m.id.clone().unwrap_or_else(|| target.clone());
+        // The target, id and default rules are the mount plan's (run_mounts), so a pod's
+        // volumes and this step agree on them.
+        let need = run_mounts::mount_need(m, cwd, line).map_err(|e| match e {
+            MountPlanError::Unsupported { line, what } => ExecutorError::Unsupported { line, what },
+            MountPlanError::State { line, source } => ExecutorError::State { line, source },
+        })?;
+        match need {
+            MountNeed::Cache {
+                id,
+                target,
+                readonly,
+                sharing,
+            } => {
                 let mounts = self.layout.mounts();
                 let dir = self.layout.mount(&id);
                 if fs::symlink_metadata(&dir).is_err() {
@@ -52,14 +50,14 @@ impl StageExecutor<'_> {
                 }
                 // `locked` and `private` both serialise writers here: private copies are
                 // not implemented, and a lock gives the same isolation at the cost of waiting.
-                let lock = matches!(m.sharing, Some(Sharing::Locked | Sharing::Private))
+                let lock = matches!(sharing, Sharing::Locked | Sharing::Private)
                     .then(|| self.layout.mount_lock(&id));
                 Ok(PreparedMount {
                     kind: "cache",
                     mount: Some(RunMount::Bind {
                         source: dir,
                         target: PathBuf::from(&target),
-                        readonly: m.readonly.unwrap_or(false),
+                        readonly,
                     }),
                     target: Some(target),
                     stub: StubKind::Dir,
@@ -68,11 +66,13 @@ impl StageExecutor<'_> {
                     rw_copy: None,
                 })
             }
-            MountType::Bind => {
-                let target = target.ok_or_else(|| unsupported("a bind mount without target"))?;
-                let readonly = m.readonly.unwrap_or(true);
-                let source = m.source.clone().unwrap_or_else(|| "/".to_string());
-                let (root, input_name) = match &m.from {
+            MountNeed::Bind {
+                from,
+                source,
+                target,
+                readonly,
+            } => {
+                let (root, input_name) = match &from {
                     None => (self.context.root().to_owned(), format!("mount:{target}")),
                     Some(from) => (
                         self.stage_source(from, line)?.root.clone(),
@@ -108,29 +108,26 @@ impl StageExecutor<'_> {
                     }),
                 })
             }
-            MountType::Tmpfs => {
-                let target = target.ok_or_else(|| unsupported("a tmpfs mount without target"))?;
-                Ok(PreparedMount {
-                    kind: "tmpfs",
-                    mount: Some(RunMount::Tmpfs {
-                        target: PathBuf::from(&target),
-                        size_bytes: m.size.as_deref().and_then(parse_size),
-                    }),
-                    target: Some(target),
-                    stub: StubKind::Dir,
-                    key_input: None,
-                    lock: None,
-                    rw_copy: None,
-                })
-            }
-            MountType::Secret => {
-                let id = match (&m.id, &target) {
-                    (Some(id), _) => id.clone(),
-                    (None, Some(t)) => t.rsplit('/').next().unwrap_or_default().to_string(),
-                    (None, None) => return Err(unsupported("a secret mount without id or target")),
-                };
+            MountNeed::Tmpfs { target, size_bytes } => Ok(PreparedMount {
+                kind: "tmpfs",
+                mount: Some(RunMount::Tmpfs {
+                    target: PathBuf::from(&target),
+                    size_bytes,
+                }),
+                target: Some(target),
+                stub: StubKind::Dir,
+                key_input: None,
+                lock: None,
+                rw_copy: None,
+            }),
+            MountNeed::Secret {
+                id,
+                target,
+                env: var,
+                required,
+            } => {
                 let Some(path) = self.secrets.get(&id) else {
-                    if m.required.unwrap_or(false) {
+                    if required {
                         return Err(ExecutorError::Missing {
                             line,
                             message: format!("secret `{id}` is required but was not provided"),
@@ -138,14 +135,14 @@ impl StageExecutor<'_> {
                     }
                     return Ok(PreparedMount::none());
                 };
-                if let Some(var) = &m.env {
+                if let Some(var) = &var {
                     let value = fs::read_to_string(path).map_err(io_err("read secret", path))?;
                     env.push((var.clone(), value));
-                    if m.target.is_none() {
-                        return Ok(PreparedMount::none());
-                    }
                 }
-                let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                // An `env=`-only secret has no file in the root.
+                let Some(target) = target else {
+                    return Ok(PreparedMount::none());
+                };
                 Ok(PreparedMount {
                     kind: "secret",
                     mount: Some(RunMount::Bind {
@@ -160,7 +157,6 @@ impl StageExecutor<'_> {
                     rw_copy: None,
                 })
             }
-            MountType::Ssh => Err(unsupported("RUN --mount=type=ssh")),
         }
     }
 }
@@ -357,31 +353,4 @@ pub(super) fn lock_file(path: &Path) -> Result<fs::File, ExecutorError> {
     rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| io_err("lock", path)(e.into()))?;
     Ok(f)
-}
-
-/// `1024`, `64k`, `10m`, `1g` (binary units, as BuildKit's tmpfs size).
-pub(super) fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let (num, mult) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s.as_str(), 1),
-    };
-    num.trim_end_matches('b')
-        .parse::<u64>()
-        .ok()?
-        .checked_mul(mult)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64k"), Some(65536));
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("x"), None);
-    }
 }
