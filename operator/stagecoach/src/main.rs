@@ -3,6 +3,7 @@
 //! its module; the work lives in the library crates.
 
 mod build;
+mod controller;
 mod crd;
 mod logging;
 mod plan;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the operator: reconcile ImageBuilds (every namespace, or --namespace).
+    Controller(controller::ControllerArgs),
     /// Print the CustomResourceDefinition YAML for ImageBuild.
     Crd(crd::CrdArgs),
     /// Build a Dockerfile's targets on this machine (RUN steps under runc; needs root).
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Crd(args) => crd::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
+        Command::Controller(args) => controller::run(&args).map_err(|e| (e.to_string(), 1)),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Stage(args) => return ExitCode::from(stage::run(&args)),
     };

@@ -1,0 +1,112 @@
+//! The status step's pure half: what `status` an ImageBuild gets for a reason and message.
+//! The `Succeeded` condition keeps its `lastTransitionTime` while its status does not change
+//! (Kubernetes' convention, and what lets a reader tell how long a build has been in a state),
+//! messages are cut to the API's bound, and `observedGeneration` names the generation the
+//! status describes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use stagecoach_api::bounds;
+use stagecoach_api::{ImageBuildStatus, Reason, SUCCEEDED};
+
+/// The status for `reason` at `generation`, built on `previous`.
+pub fn with_reason(
+    previous: Option<&ImageBuildStatus>,
+    generation: i64,
+    reason: Reason,
+    message: &str,
+    now: Time,
+) -> ImageBuildStatus {
+    let status = reason.status().as_str().to_string();
+    let old = previous.and_then(ImageBuildStatus::succeeded);
+    let last_transition_time = match old {
+        Some(c) if c.status == status && c.observed_generation == Some(generation) => {
+            c.last_transition_time.clone()
+        }
+        _ => now.clone(),
+    };
+    let condition = Condition {
+        type_: SUCCEEDED.to_string(),
+        status,
+        reason: reason.as_str().to_string(),
+        message: truncate(message, bounds::MAX_CONDITION_MESSAGE as usize),
+        last_transition_time,
+        observed_generation: Some(generation),
+    };
+    let same_generation = previous.and_then(|p| p.observed_generation) == Some(generation);
+    let done = reason.status() != stagecoach_api::ConditionStatus::Unknown;
+    ImageBuildStatus {
+        conditions: vec![condition],
+        observed_generation: Some(generation),
+        start_time: previous
+            .filter(|_| same_generation)
+            .and_then(|p| p.start_time.clone())
+            .or_else(|| Some(now.clone())),
+        completion_time: done.then_some(now),
+        ..ImageBuildStatus::default()
+    }
+}
+
+/// At most `limit` bytes, cut on a character boundary with a note that it was cut.
+fn truncate(message: &str, limit: usize) -> String {
+    if message.len() <= limit {
+        return message.to_string();
+    }
+    const MARK: &str = " … (cut)";
+    let mut cut = limit.saturating_sub(MARK.len());
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{MARK}", &message[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transitions_keep_their_time_until_the_status_changes() {
+        let first = with_reason(None, 1, Reason::Pending, "waiting", at(10));
+        let c = first.succeeded().unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("Unknown", "Pending")
+        );
+        assert_eq!(c.last_transition_time, at(10));
+        assert_eq!(first.start_time, Some(at(10)));
+        assert_eq!(first.completion_time, None);
+
+        let again = with_reason(Some(&first), 1, Reason::Building, "running", at(20));
+        assert_eq!(again.succeeded().unwrap().last_transition_time, at(10));
+        assert_eq!(again.start_time, Some(at(10)));
+
+        let failed = with_reason(Some(&again), 1, Reason::StageFailed, "line 3", at(30));
+        let c = failed.succeeded().unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.last_transition_time.clone()),
+            ("False", at(30))
+        );
+        assert_eq!(failed.completion_time, Some(at(30)));
+
+        let next = with_reason(Some(&failed), 2, Reason::Pending, "new spec", at(40));
+        assert_eq!(
+            next.start_time,
+            Some(at(40)),
+            "a new generation is a new build"
+        );
+        assert_eq!(next.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn long_messages_are_cut_to_the_bound() {
+        let long = "é".repeat(40_000);
+        let s = with_reason(None, 1, Reason::InvalidDockerfile, &long, at(1));
+        let m = &s.succeeded().unwrap().message;
+        assert!(m.len() <= bounds::MAX_CONDITION_MESSAGE as usize);
+        assert!(m.ends_with("(cut)"));
+    }
+}

@@ -1,0 +1,346 @@
+//! The validate step: everything about a spec that can be decided without a pod, pure. A
+//! spec that passed the API server's schema can still be unusable (a Dockerfile that does not
+//! parse, a target the Dockerfile lacks, an image reference that does not parse, a
+//! `RUN --mount` a builder pod cannot provide, a missing Secret or ConfigMap key); each such
+//! [`SpecError`] is final for its generation: the build fails at once with its reason, no pod
+//! is created, and nothing is retried until the spec changes.
+
+use std::collections::BTreeMap;
+
+use stagecoach_api::{ImageBuildSpec, Reason, SourceKind};
+use stagecoach_builder::image_state::ArgSource;
+use stagecoach_builder::run_mounts::{self, MountNeed, MountPlanError};
+use stagecoach_dockerfile::planner::{self, Plan, PlanOptions};
+use stagecoach_dockerfile::{Dockerfile, PlanError};
+use stagecoach_oci::registry::ImageRef;
+
+/// What the fetch step read for validation: the referenced objects' relevant parts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// The ConfigMap source's data, when the source is a ConfigMap that exists.
+    pub config_map: Option<BTreeMap<String, String>>,
+    /// For each Secret the spec names, the keys it has (absent: the Secret does not exist).
+    pub secret_keys: BTreeMap<String, Vec<String>>,
+    /// Whether `spec.cache.claimName` exists (true when no claim is named).
+    pub claim_exists: bool,
+}
+
+/// A spec that cannot be built as it is; final until the spec changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The source or a referenced object is unusable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Dockerfile cannot be read, parsed or planned.
+    #[error("{0}")]
+    Dockerfile(String),
+    /// A target names no stage.
+    #[error("{0}")]
+    UnknownTarget(String),
+}
+
+impl SpecError {
+    /// The condition reason.
+    pub fn reason(&self) -> Reason {
+        match self {
+            SpecError::Invalid(_) => Reason::InvalidSpec,
+            SpecError::Dockerfile(_) => Reason::InvalidDockerfile,
+            SpecError::UnknownTarget(_) => Reason::UnknownTarget,
+        }
+    }
+}
+
+/// A spec that can be built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// The Dockerfile's text, when it is known before the context is fetched (inline and
+    /// ConfigMap sources; a git source's is read from the fetched context).
+    pub dockerfile: Option<String>,
+    /// Its plan, with it.
+    pub plan: Option<Plan>,
+}
+
+/// Validates `spec` against what the fetch step read.
+pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, SpecError> {
+    let invalid = |m: String| SpecError::Invalid(m);
+    for image in spec
+        .image
+        .iter()
+        .chain(spec.targets.iter().filter_map(|t| t.image.as_ref()))
+    {
+        ImageRef::parse(image).map_err(|e| invalid(format!("image {image:?}: {e}")))?;
+    }
+    if let Some(push) = &spec.push_secret
+        && !fetched.secret_keys.contains_key(&push.name)
+    {
+        return Err(invalid(format!(
+            "spec.pushSecret: Secret {:?} does not exist in this namespace",
+            push.name
+        )));
+    }
+    for secret in &spec.secrets {
+        let reference = &secret.secret_key_ref;
+        match fetched.secret_keys.get(&reference.name) {
+            None => {
+                return Err(invalid(format!(
+                    "spec.secrets[{}]: Secret {:?} does not exist in this namespace",
+                    secret.id, reference.name
+                )));
+            }
+            Some(keys) if !keys.contains(&reference.key) => {
+                return Err(invalid(format!(
+                    "spec.secrets[{}]: Secret {:?} has no key {:?}",
+                    secret.id, reference.name, reference.key
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(cache) = &spec.cache
+        && !fetched.claim_exists
+    {
+        return Err(invalid(format!(
+            "spec.cache.claimName: PersistentVolumeClaim {:?} does not exist in this namespace",
+            cache.claim_name
+        )));
+    }
+    let text = match spec.source.kind().map_err(|e| invalid(e.to_string()))? {
+        SourceKind::Git(_) => None,
+        SourceKind::Inline(inline) => Some(
+            inline
+                .dockerfile
+                .clone()
+                .or_else(|| inline.files.get(&spec.dockerfile).cloned())
+                .ok_or_else(|| {
+                    SpecError::Dockerfile(format!(
+                        "source.inline has no Dockerfile: neither source.inline.dockerfile nor source.inline.files[{:?}]",
+                        spec.dockerfile
+                    ))
+                })?,
+        ),
+        SourceKind::ConfigMap(source) => {
+            let data = fetched.config_map.as_ref().ok_or_else(|| {
+                invalid(format!(
+                    "source.configMap: ConfigMap {:?} does not exist in this namespace",
+                    source.name
+                ))
+            })?;
+            Some(data.get(&spec.dockerfile).cloned().ok_or_else(|| {
+                SpecError::Dockerfile(format!(
+                    "ConfigMap {:?} has no key {:?} (spec.dockerfile)",
+                    source.name, spec.dockerfile
+                ))
+            })?)
+        }
+    };
+    let plan = match &text {
+        Some(text) => Some(plan_dockerfile(spec, text)?),
+        None => None,
+    };
+    Ok(Validated {
+        dockerfile: text,
+        plan,
+    })
+}
+
+/// Parses and plans the Dockerfile for the spec's targets, and checks that every needed
+/// stage's RUN mounts are ones a builder pod can provide.
+pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecError> {
+    let dockerfile =
+        Dockerfile::parse(text).map_err(|e| SpecError::Dockerfile(format!("Dockerfile: {e}")))?;
+    let options = PlanOptions {
+        targets: spec.targets.iter().map(|t| t.stage.clone()).collect(),
+        build_args: spec.build_args.clone(),
+        ..PlanOptions::default()
+    };
+    let plan = planner::plan(&dockerfile, &options).map_err(|e| match e {
+        PlanError::UnknownTarget { .. } => SpecError::UnknownTarget(e.to_string()),
+        other => SpecError::Dockerfile(format!("Dockerfile: {other}")),
+    })?;
+    let global = planner::global_env(&dockerfile, &options)
+        .map_err(|e| SpecError::Dockerfile(format!("Dockerfile: {e}")))?;
+    let args = ArgSource {
+        build_args: spec.build_args.clone(),
+        global,
+    };
+    for &index in plan.waves.iter().flatten() {
+        let stage = &dockerfile.stages[index];
+        // Without the base image's config here a relative target may still move (its
+        // WORKDIR); what a pod cannot provide at all does not depend on that.
+        let steps = run_mounts::stage_mounts(&stage.instructions, dockerfile.escape, None, &args)
+            .map_err(|e| match e {
+            MountPlanError::Unsupported { .. } => {
+                SpecError::Dockerfile(format!("Dockerfile: {e} in a builder pod"))
+            }
+            MountPlanError::State { .. } => SpecError::Dockerfile(format!("Dockerfile: {e}")),
+        })?;
+        for step in steps {
+            for need in &step.mounts {
+                if let MountNeed::Bind {
+                    readonly: false,
+                    target,
+                    ..
+                } = need
+                {
+                    return Err(SpecError::Dockerfile(format!(
+                        "Dockerfile: line {}: RUN --mount=type=bind,rw (at {target}) is not supported in a builder pod: its writes would reach the shared source",
+                        step.line
+                    )));
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stagecoach_api::{
+        BuildSecret, ConfigMapSource, InlineSource, SecretKeyReference, SecretReference, Source,
+        Target,
+    };
+
+    fn inline(dockerfile: &str) -> ImageBuildSpec {
+        ImageBuildSpec {
+            source: Source {
+                inline: Some(InlineSource {
+                    dockerfile: Some(dockerfile.to_string()),
+                    files: BTreeMap::new(),
+                }),
+                ..Source::default()
+            },
+            dockerfile: "Dockerfile".into(),
+            ..ImageBuildSpec::default()
+        }
+    }
+
+    fn ok() -> Fetched {
+        Fetched {
+            claim_exists: true,
+            ..Fetched::default()
+        }
+    }
+
+    #[test]
+    fn a_good_inline_build_is_planned() {
+        let v = validate(
+            &inline("FROM busybox AS a\nRUN true\nFROM scratch\nCOPY --from=a /x /x\n"),
+            &ok(),
+        )
+        .unwrap();
+        let plan = v.plan.unwrap();
+        assert_eq!(plan.targets, [1]);
+        assert_eq!(plan.waves, [vec![0], vec![1]]);
+    }
+
+    #[test]
+    fn each_spec_error_has_its_reason() {
+        let cases: Vec<(ImageBuildSpec, Fetched, Reason, &str)> = vec![
+            (inline("FROM\n"), ok(), Reason::InvalidDockerfile, "line 1"),
+            (
+                ImageBuildSpec {
+                    targets: vec![Target {
+                        stage: "prod".into(),
+                        image: None,
+                    }],
+                    ..inline("FROM scratch AS test\n")
+                },
+                ok(),
+                Reason::UnknownTarget,
+                "prod",
+            ),
+            (
+                ImageBuildSpec {
+                    image: Some("Bad Image".into()),
+                    ..inline("FROM scratch\n")
+                },
+                ok(),
+                Reason::InvalidSpec,
+                "Bad Image",
+            ),
+            (
+                ImageBuildSpec {
+                    push_secret: Some(SecretReference {
+                        name: "regcred".into(),
+                    }),
+                    ..inline("FROM scratch\n")
+                },
+                ok(),
+                Reason::InvalidSpec,
+                "\"regcred\" does not exist",
+            ),
+            (
+                ImageBuildSpec {
+                    secrets: vec![BuildSecret {
+                        id: "npm".into(),
+                        secret_key_ref: SecretKeyReference {
+                            name: "npm".into(),
+                            key: ".npmrc".into(),
+                        },
+                    }],
+                    ..inline("FROM scratch\n")
+                },
+                Fetched {
+                    secret_keys: [("npm".to_string(), vec!["token".to_string()])].into(),
+                    ..ok()
+                },
+                Reason::InvalidSpec,
+                "has no key \".npmrc\"",
+            ),
+            (
+                ImageBuildSpec {
+                    source: Source {
+                        config_map: Some(ConfigMapSource { name: "ctx".into() }),
+                        ..Source::default()
+                    },
+                    ..inline("")
+                },
+                ok(),
+                Reason::InvalidSpec,
+                "ConfigMap \"ctx\" does not exist",
+            ),
+            (
+                inline("FROM busybox\nRUN --mount=type=bind,source=.,target=/src,rw true\n"),
+                ok(),
+                Reason::InvalidDockerfile,
+                "line 2: RUN --mount=type=bind,rw",
+            ),
+            (
+                inline("FROM busybox\nRUN --mount=type=ssh true\n"),
+                ok(),
+                Reason::InvalidDockerfile,
+                "type=ssh",
+            ),
+        ];
+        for (spec, fetched, reason, needle) in cases {
+            let err = validate(&spec, &fetched).unwrap_err();
+            assert_eq!(err.reason(), reason, "{err}");
+            assert!(err.to_string().contains(needle), "{needle:?} not in {err}");
+        }
+    }
+
+    #[test]
+    fn a_config_map_source_reads_the_dockerfile_key() {
+        let spec = ImageBuildSpec {
+            source: Source {
+                config_map: Some(ConfigMapSource { name: "ctx".into() }),
+                ..Source::default()
+            },
+            dockerfile: "build/Dockerfile".into(),
+            ..ImageBuildSpec::default()
+        };
+        let mut fetched = ok();
+        fetched.config_map =
+            Some([("Dockerfile".to_string(), "FROM scratch\n".to_string())].into());
+        let err = validate(&spec, &fetched).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidDockerfile);
+        assert!(
+            err.to_string().contains("no key \"build/Dockerfile\""),
+            "{err}"
+        );
+        fetched.config_map =
+            Some([("build/Dockerfile".to_string(), "FROM scratch\n".to_string())].into());
+        assert!(validate(&spec, &fetched).unwrap().plan.is_some());
+    }
+}
