@@ -78,6 +78,14 @@ pub enum JobError {
     /// The executor could not be set up.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    /// The stage ran, but its root could not be exported for later stages.
+    #[error("exporting the stage's root to {}: {message}", path.display())]
+    Export {
+        /// The export directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl JobError {
@@ -91,6 +99,7 @@ impl JobError {
             JobError::StageConfig { .. } | JobError::Store(_) => StageReason::StoreFailed,
             JobError::Context(_) => StageReason::SourceReadFailed,
             JobError::Apply { .. } => StageReason::LayerApplyFailed,
+            JobError::Export { .. } => StageReason::IoFailed,
             JobError::Executor(e) => e.reason(),
         }
     }
@@ -213,7 +222,86 @@ pub fn run_job(
         },
         base,
     };
-    Ok(executor.run(&spec, progress))
+    let outcome = executor.run(&spec, progress);
+    if outcome.error.is_none()
+        && let Some(dest) = &job.export
+    {
+        export_root(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+    }
+    Ok(outcome)
+}
+
+/// Copies every file of `root` into `dest` (replaced as a whole, through a temporary sibling
+/// renamed into place), as a tar stream from one thread into the layer applier on this one:
+/// owners, modes, links, hard links and xattrs come along, and mount points, the contents of
+/// `/proc`, `/sys`, `/dev` and `own_dirs` stay behind (the snapshot's own exclusions). The
+/// cache volume is a mount point, so `dest` itself is never walked.
+pub fn export_root(
+    root: &Path,
+    dest: &Path,
+    own_dirs: &[PathBuf],
+    cache: &Path,
+) -> Result<(), JobError> {
+    let err = |message: String| JobError::Export {
+        path: dest.to_owned(),
+        message,
+    };
+    let mut exclude = own_dirs.to_vec();
+    exclude.push(cache.to_owned());
+    let options = crate::snapshot::SnapshotOptions::for_root(root, &exclude)
+        .map_err(|e| err(e.to_string()))?;
+    let walk = crate::snapshot::Snapshot::take(root, &options).map_err(|e| err(e.to_string()))?;
+    let changes: Vec<stagecoach_oci::layer::Change> = walk
+        .entries
+        .iter()
+        .map(|e| stagecoach_oci::layer::Change::Write(e.path.clone()))
+        .collect();
+    let parent = dest
+        .parent()
+        .ok_or_else(|| err("the export path has no parent".into()))?;
+    std::fs::create_dir_all(parent)
+        .map_err(|e| err(format!("create {}: {e}", parent.display())))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".export-")
+        .tempdir_in(parent)
+        .map_err(|e| err(format!("create a directory in {}: {e}", parent.display())))?;
+    let (reader, writer) = std::io::pipe().map_err(|e| err(format!("make a pipe: {e}")))?;
+    let layer_options = stagecoach_oci::LayerOptions {
+        compression: stagecoach_oci::Compression::None,
+        source_date_epoch: None,
+    };
+    let (written, applied) = std::thread::scope(|scope| {
+        let writer_thread = scope.spawn(|| {
+            stagecoach_oci::layer::write_layer_to(
+                writer,
+                root,
+                stagecoach_oci::LayerSource::Changes(&changes),
+                &layer_options,
+            )
+            .map(|_| ())
+        });
+        let applied =
+            stagecoach_oci::layer::apply_layer(staging.path(), reader, &ApplyOptions::default());
+        let written = writer_thread.join().unwrap_or_else(|_| {
+            Err(stagecoach_oci::layer::LayerWriteError::Io {
+                action: "write",
+                path: root.to_owned(),
+                source: std::io::Error::other("the export writer panicked"),
+            })
+        });
+        (written, applied)
+    });
+    written.map_err(|e| err(e.to_string()))?;
+    applied.map_err(|e| err(e.to_string()))?;
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| err(format!("remove the old export: {e}")))?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, dest).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staged);
+        err(format!("rename into place: {e}"))
+    })?;
+    Ok(())
 }
 
 fn base_image(store: &ContentStore, base: &JobBase) -> Result<BaseImage, JobError> {

@@ -62,6 +62,12 @@ pub struct StageJob {
     /// Knobs.
     #[serde(default)]
     pub options: JobOptions,
+    /// Where the stage's final root is copied for later stages (`COPY --from`,
+    /// `RUN --mount=from=`) when they run in other pods: a directory on the cache volume,
+    /// replaced as a whole. Mount points, `/proc`, `/sys`, `/dev` contents and
+    /// `options.ownDirs` are left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<PathBuf>,
     /// Where the full result goes (a file on the cache volume); the termination message
     /// gets the 4 KiB version.
     #[serde(default, skip_serializing_if = "Option::is_none")]

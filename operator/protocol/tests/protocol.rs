@@ -298,6 +298,7 @@ fn jobs_round_trip_and_refuse_other_versions() {
         images: vec![],
         secrets: vec![],
         options: Default::default(),
+        export: None,
         result: None,
     };
     let bytes = serde_json::to_vec(&job).unwrap();

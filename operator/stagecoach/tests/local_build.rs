@@ -691,6 +691,7 @@ fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
         images: vec![],
         secrets: vec![],
         options: JobOptions::default(),
+        export: None,
         result: Some(
             CacheLayout::new(common::POD_CACHE)
                 .build_stage("b", stage)

@@ -39,6 +39,10 @@ EOF
 
 FROM scratch AS missing
 RUN --mount=type=cache,target=/not/mounted touch /not/mounted/x
+
+FROM scratch AS copier
+COPY --from=good /hello /tmp/groups-app /copied/
+COPY --from=good --chown=app /uid-root /owned
 "#;
 
 fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
@@ -62,6 +66,7 @@ fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
             no_cache: true,
             ..JobOptions::default()
         },
+        export: None,
         result: None,
     }
 }
@@ -112,7 +117,12 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
     );
 
     let pod_job = |stage, label| job(stage, label, Path::new("/"), Path::new(POD_CACHE));
-    let (code, lines, result) = pod.run(&pod_job(0, "good"), &[("thing", "/var/cache/thing")]);
+    let exported = CacheLayout::new(POD_CACHE)
+        .build_stage("b", 0)
+        .join("rootfs");
+    let mut good = pod_job(0, "good");
+    good.export = Some(exported.clone());
+    let (code, lines, result) = pod.run(&good, &[("thing", "/var/cache/thing")]);
     let output = lines.join("\n");
     assert_eq!(code, 0, "stage failed:\n{output}");
     assert_eq!(result.outcome, Outcome::Succeeded, "{output}");
@@ -177,6 +187,37 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
         !root.join("not").exists(),
         "the missing mount's target was written"
     );
+
+    // The exported root serves a later stage in another pod (COPY --from), as the local
+    // path's stage root does: same layers. Mount points and the cache volume stay behind.
+    let export = CacheLayout::new(pod.cache())
+        .build_stage("b", 0)
+        .join("rootfs");
+    assert_eq!(fs::read_to_string(export.join("hello")).unwrap(), "hello\n");
+    for absent in [
+        "cache/blobs",
+        "var/cache/thing/x",
+        ".stagecoach/bin/stagecoach",
+    ] {
+        assert!(!export.join(absent).exists(), "{absent} was exported");
+    }
+    let from_good = |root: &Path| {
+        vec![stagecoach_protocol::job::StageInput {
+            index: 0,
+            name: Some("good".into()),
+            root: root.to_owned(),
+        }]
+    };
+    let mut copier = pod_job(2, "copier");
+    copier.stages = from_good(&exported);
+    let (code, lines, copied) = pod.run(&copier, &[]);
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let mut local_copier = job(2, "copier", &local.join("rootfs"), &local.join("cache"));
+    local_copier.stages = from_good(&local.join("rootfs"));
+    let reference = run_job(&local_copier, env, &mut |_: &ProgressEvent<'_>| {}).unwrap();
+    assert!(reference.error.is_none(), "{:?}", reference.result);
+    assert_eq!(diff_ids(&copied).len(), 2);
+    assert_eq!(diff_ids(&copied), diff_ids(&reference.result));
 
     // A job that is not one fails with a result too.
     fs::write(pod.dir.join("spec/job.json"), b"{\"version\": 1}").unwrap();

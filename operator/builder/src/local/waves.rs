@@ -439,6 +439,7 @@ impl LocalBuild<'_> {
                 source_date_epoch: self.source_date_epoch,
                 ..JobOptions::default()
             },
+            export: None,
             result: None,
         };
         let log = self.log;
