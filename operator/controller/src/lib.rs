@@ -9,8 +9,10 @@
 //! the verdict in the `Succeeded` condition. A spec error (a Dockerfile that does not parse,
 //! an unknown target, a missing Secret, ConfigMap, key or claim, an image reference that does
 //! not parse, a RUN mount no pod can provide) fails the generation at once with its reason,
-//! creates nothing and is not retried until the spec changes. A valid spec stays `Pending`:
-//! builder pods (the plan and apply steps) come next (docs/architecture.md, "The operator").
+//! creates nothing and is not retried until the spec changes. A valid spec gets the
+//! namespace's cache claim (created once, owned by no build, when the spec names none) and
+//! stays `Pending` with its needed stages listed: builder pods (the plan and apply steps)
+//! come next (docs/architecture.md, "The operator").
 
 pub mod status;
 pub mod validate;
@@ -37,10 +39,36 @@ pub const FIELD_MANAGER: &str = "stagecoach-controller";
 /// The longest wait between retries of a transient failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// The controller's settings (`stagecoach controller` flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The per-namespace cache claim builds use when `spec.cache` names none.
+    pub cache_claim: String,
+    /// Its size, as a Kubernetes quantity.
+    pub cache_size: String,
+    /// Its storage class; `None` is the cluster's default.
+    pub cache_storage_class: Option<String>,
+    /// Its access mode (`ReadWriteOnce` works with every class; `ReadWriteMany` lets a
+    /// build's pods run on any node).
+    pub cache_access_mode: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cache_claim: "stagecoach-cache".into(),
+            cache_size: "20Gi".into(),
+            cache_storage_class: None,
+            cache_access_mode: "ReadWriteOnce".into(),
+        }
+    }
+}
+
 /// What every reconcile shares.
 #[derive(Clone)]
 pub struct Context {
     client: Client,
+    settings: Settings,
     /// Consecutive transient failures per ImageBuild, for the backoff.
     failures: Arc<Mutex<HashMap<ObjectRef<ImageBuild>, u32>>>,
 }
@@ -63,6 +91,14 @@ pub enum Error {
         /// The API's answer.
         source: kube::Error,
     },
+    /// Creating the namespace's cache claim failed.
+    #[error("creating the cache claim {claim}: {source}")]
+    CacheClaim {
+        /// The claim's name.
+        claim: String,
+        /// The API's answer.
+        source: kube::Error,
+    },
     /// Writing the status failed.
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
@@ -76,6 +112,7 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Fetch { .. } => "FetchFailed",
+            Error::CacheClaim { .. } => "CacheClaimFailed",
             Error::Status(_) => "StatusWriteFailed",
             Error::NoNamespace => "NoNamespace",
         }
@@ -98,7 +135,7 @@ pub enum RunError {
 
 /// Connects with the kubeconfig (or, in a pod, the in-cluster configuration) and runs the
 /// controller until a termination signal: what `stagecoach controller` calls.
-pub fn main(namespace: Option<&str>) -> Result<(), RunError> {
+pub fn main(namespace: Option<&str>, settings: Settings) -> Result<(), RunError> {
     // One process-wide TLS provider, the one every client here is built with.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -107,12 +144,16 @@ pub fn main(namespace: Option<&str>) -> Result<(), RunError> {
         .map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let client = Client::try_default().await.map_err(RunError::Connect)?;
-        run(client, namespace).await
+        run(client, namespace, settings).await
     })
 }
 
 /// Runs the controller until a termination signal, over one namespace or all of them.
-pub async fn run(client: Client, namespace: Option<&str>) -> Result<(), RunError> {
+pub async fn run(
+    client: Client,
+    namespace: Option<&str>,
+    settings: Settings,
+) -> Result<(), RunError> {
     let builds: Api<ImageBuild> = match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -123,6 +164,7 @@ pub async fn run(client: Client, namespace: Option<&str>) -> Result<(), RunError
         .map_err(RunError::Crd)?;
     let context = Arc::new(Context {
         client,
+        settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
     });
     tracing::info!(
@@ -157,22 +199,32 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let fetched = fetch(&ctx.client, &build, &namespace).await?;
-    let (reason, message) = match validate(&build.spec, &fetched) {
-        Err(e) => (e.reason(), e.to_string()),
-        Ok(v) => (
-            Reason::Pending,
+    let (reason, message, stages) = match validate(&build.spec, &fetched) {
+        Err(e) => (e.reason(), e.to_string(), Vec::new()),
+        Ok(v) => {
+            if build.spec.cache.is_none() {
+                ensure_cache_claim(&ctx, &namespace).await?;
+            }
             match &v.plan {
-                Some(plan) => format!(
-                    "the spec is valid: {} stages to build in {} waves; this operator version does not start builder pods yet",
-                    plan.waves.iter().flatten().count(),
-                    plan.waves.len()
+                Some(plan) => (
+                    Reason::Pending,
+                    format!(
+                        "the spec is valid: {} stages to build in {} waves; this operator version does not start builder pods yet",
+                        plan.waves.iter().flatten().count(),
+                        plan.waves.len()
+                    ),
+                    status::pending_stages(plan),
                 ),
-                None => "the spec is valid; this operator version does not fetch git sources or start builder pods yet".to_string(),
-            },
-        ),
+                None => (
+                    Reason::Pending,
+                    "the spec is valid; this operator version does not fetch git sources or start builder pods yet".to_string(),
+                    Vec::new(),
+                ),
+            }
+        }
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::with_reason(previous, generation, reason, &message, now);
+    let status = status::with_reason(previous, generation, reason, &message, stages, now);
     let unchanged = previous.is_some_and(|p| {
         p.observed_generation == status.observed_generation
             && p.succeeded().map(|c| (&c.status, &c.reason, &c.message))
@@ -215,6 +267,59 @@ fn error_policy(build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Act
     let wait = Duration::from_secs(1u64 << attempts.min(9)).min(MAX_BACKOFF);
     tracing::warn!(reason = error.reason(), error = %error, attempts, ?wait, "retrying");
     Action::requeue(wait)
+}
+
+/// Creates the namespace's cache claim unless it exists. It belongs to no build (so deleting
+/// a build keeps the cache); a namespace is the cache's trust boundary, so each namespace
+/// gets its own.
+async fn ensure_cache_claim(ctx: &Context, namespace: &str) -> Result<(), Error> {
+    let settings = &ctx.settings;
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), namespace);
+    let err = |source| Error::CacheClaim {
+        claim: settings.cache_claim.clone(),
+        source,
+    };
+    if claims
+        .get_opt(&settings.cache_claim)
+        .await
+        .map_err(err)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut spec = serde_json::json!({
+        "accessModes": [settings.cache_access_mode],
+        "resources": {"requests": {"storage": settings.cache_size}},
+    });
+    if let (Some(class), Some(map)) = (&settings.cache_storage_class, spec.as_object_mut()) {
+        map.insert("storageClassName".into(), serde_json::json!(class));
+    }
+    let claim: PersistentVolumeClaim = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": settings.cache_claim,
+            "labels": {"app.kubernetes.io/managed-by": "stagecoach", "app.kubernetes.io/component": "cache"},
+        },
+        "spec": spec,
+    }))
+    .map_err(|e| err(kube::Error::SerdeError(e)))?;
+    match claims
+        .create(&kube::api::PostParams::default(), &claim)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                claim = settings.cache_claim.as_str(),
+                namespace,
+                "cache claim created"
+            );
+            Ok(())
+        }
+        // Another reconcile in this namespace made it first.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// The fetch step: the objects the spec names, as far as validation needs them.

@@ -6,14 +6,36 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use stagecoach_api::bounds;
-use stagecoach_api::{ImageBuildStatus, Reason, SUCCEEDED};
+use stagecoach_api::{ImageBuildStatus, Reason, SUCCEEDED, StageState, StageStatus};
+use stagecoach_dockerfile::planner::Plan;
 
-/// The status for `reason` at `generation`, built on `previous`.
+/// One `Pending` entry per stage the plan needs, in Dockerfile order, named as the API
+/// says (the lower-case name, else the index).
+pub fn pending_stages(plan: &Plan) -> Vec<StageStatus> {
+    let mut needed: Vec<usize> = plan.waves.iter().flatten().copied().collect();
+    needed.sort_unstable();
+    needed
+        .into_iter()
+        .map(|i| {
+            let stage = &plan.stages[i];
+            StageStatus {
+                name: stage.name.clone().unwrap_or_else(|| i.to_string()),
+                index: i32::try_from(i).unwrap_or(i32::MAX),
+                state: StageState::Pending,
+                ..StageStatus::default()
+            }
+        })
+        .collect()
+}
+
+/// The status for `reason` at `generation`, built on `previous`, with `stages` (empty when
+/// they are not known).
 pub fn with_reason(
     previous: Option<&ImageBuildStatus>,
     generation: i64,
     reason: Reason,
     message: &str,
+    stages: Vec<StageStatus>,
     now: Time,
 ) -> ImageBuildStatus {
     let status = reason.status().as_str().to_string();
@@ -42,7 +64,9 @@ pub fn with_reason(
             .and_then(|p| p.start_time.clone())
             .or_else(|| Some(now.clone())),
         completion_time: done.then_some(now),
-        ..ImageBuildStatus::default()
+        stages_summary: (!stages.is_empty()).then(|| ImageBuildStatus::summarize_stages(&stages)),
+        stages,
+        images: Vec::new(),
     }
 }
 
@@ -70,7 +94,7 @@ mod tests {
 
     #[test]
     fn transitions_keep_their_time_until_the_status_changes() {
-        let first = with_reason(None, 1, Reason::Pending, "waiting", at(10));
+        let first = with_reason(None, 1, Reason::Pending, "waiting", vec![], at(10));
         let c = first.succeeded().unwrap();
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -80,11 +104,18 @@ mod tests {
         assert_eq!(first.start_time, Some(at(10)));
         assert_eq!(first.completion_time, None);
 
-        let again = with_reason(Some(&first), 1, Reason::Building, "running", at(20));
+        let again = with_reason(Some(&first), 1, Reason::Building, "running", vec![], at(20));
         assert_eq!(again.succeeded().unwrap().last_transition_time, at(10));
         assert_eq!(again.start_time, Some(at(10)));
 
-        let failed = with_reason(Some(&again), 1, Reason::StageFailed, "line 3", at(30));
+        let failed = with_reason(
+            Some(&again),
+            1,
+            Reason::StageFailed,
+            "line 3",
+            vec![],
+            at(30),
+        );
         let c = failed.succeeded().unwrap();
         assert_eq!(
             (c.status.as_str(), c.last_transition_time.clone()),
@@ -92,7 +123,14 @@ mod tests {
         );
         assert_eq!(failed.completion_time, Some(at(30)));
 
-        let next = with_reason(Some(&failed), 2, Reason::Pending, "new spec", at(40));
+        let next = with_reason(
+            Some(&failed),
+            2,
+            Reason::Pending,
+            "new spec",
+            vec![],
+            at(40),
+        );
         assert_eq!(
             next.start_time,
             Some(at(40)),
@@ -102,9 +140,24 @@ mod tests {
     }
 
     #[test]
+    fn needed_stages_are_listed_pending_in_dockerfile_order() {
+        let df = stagecoach_dockerfile::Dockerfile::parse(
+            "FROM busybox AS Tools\nFROM busybox\nFROM busybox AS unused\nFROM scratch AS out\nCOPY --from=1 /a /a\nCOPY --from=tools /b /b\n",
+        )
+        .unwrap();
+        let plan = stagecoach_dockerfile::planner::plan(&df, &Default::default()).unwrap();
+        let stages = pending_stages(&plan);
+        let named: Vec<(&str, i32)> = stages.iter().map(|s| (s.name.as_str(), s.index)).collect();
+        assert_eq!(named, [("tools", 0), ("1", 1), ("out", 3)]);
+        assert!(stages.iter().all(|s| s.state == StageState::Pending));
+        let status = with_reason(None, 1, Reason::Pending, "ok", stages, at(1));
+        assert_eq!(status.stages_summary.as_deref(), Some("0/3"));
+    }
+
+    #[test]
     fn long_messages_are_cut_to_the_bound() {
         let long = "é".repeat(40_000);
-        let s = with_reason(None, 1, Reason::InvalidDockerfile, &long, at(1));
+        let s = with_reason(None, 1, Reason::InvalidDockerfile, &long, vec![], at(1));
         let m = &s.succeeded().unwrap().message;
         assert!(m.len() <= bounds::MAX_CONDITION_MESSAGE as usize);
         assert!(m.ends_with("(cut)"));

@@ -157,6 +157,13 @@ pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecEr
         PlanError::UnknownTarget { .. } => SpecError::UnknownTarget(e.to_string()),
         other => SpecError::Dockerfile(format!("Dockerfile: {other}")),
     })?;
+    let needed = plan.waves.iter().flatten().count();
+    if needed > stagecoach_api::bounds::MAX_STAGES as usize {
+        return Err(SpecError::Dockerfile(format!(
+            "Dockerfile: the targets need {needed} stages; the status reports at most {}",
+            stagecoach_api::bounds::MAX_STAGES
+        )));
+    }
     let global = planner::global_env(&dockerfile, &options)
         .map_err(|e| SpecError::Dockerfile(format!("Dockerfile: {e}")))?;
     let args = ArgSource {

@@ -8,9 +8,28 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: every namespace).
     #[arg(long, value_name = "NAMESPACE")]
     namespace: Option<String>,
+    /// The cache claim each namespace gets when a build names none in spec.cache.
+    #[arg(long, value_name = "NAME", default_value = "stagecoach-cache")]
+    cache_claim: String,
+    /// Its size (a Kubernetes quantity).
+    #[arg(long, value_name = "QUANTITY", default_value = "20Gi")]
+    cache_size: String,
+    /// Its storage class (default: the cluster's default class).
+    #[arg(long, value_name = "CLASS")]
+    cache_storage_class: Option<String>,
+    /// Its access mode: ReadWriteOnce (every class) or ReadWriteMany (pods on any node).
+    #[arg(long, value_name = "MODE", default_value = "ReadWriteOnce",
+          value_parser = ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"])]
+    cache_access_mode: String,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
 pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError> {
-    stagecoach_controller::main(args.namespace.as_deref())
+    let settings = stagecoach_controller::Settings {
+        cache_claim: args.cache_claim.clone(),
+        cache_size: args.cache_size.clone(),
+        cache_storage_class: args.cache_storage_class.clone(),
+        cache_access_mode: args.cache_access_mode.clone(),
+    };
+    stagecoach_controller::main(args.namespace.as_deref(), settings)
 }
