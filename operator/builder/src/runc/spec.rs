@@ -2,31 +2,40 @@
 //! by default (capabilities, namespaces, `/proc`, `/dev`, `/sys`, masked paths), narrowed to
 //! what this machine allows (no systemd, hybrid cgroups v1, `RLIMIT_NOFILE` capped by the
 //! host's hard limit), plus the request's own mounts. Pure: the caller decides where files
-//! live and writes the JSON.
+//! live and writes the JSON. Typed with `oci-spec`'s runtime types; its builders fill every
+//! field not given from its own default configuration, so every field this file does not
+//! set is cleared explicitly (a golden test pins the whole document).
 
+use std::collections::HashSet;
 use std::path::{Component, Path};
 
-use serde_json::{Value, json};
+use oci_spec::runtime::{
+    Arch, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    UserBuilder,
+};
 
 use super::RuncError;
 use crate::runner::{RunMount, RunNetwork, RunRequest};
 
 /// The capabilities Docker gives a container (and so a `RUN` step) by default.
-const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
+const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
 ];
 
 /// Paths hidden from the process (bind of /dev/null or an empty read-only tmpfs), as in
@@ -83,7 +92,7 @@ pub(super) struct PlannedMount {
     /// Absolute, normalised path inside the container.
     pub destination: String,
     /// The OCI mount entry.
-    pub entry: Value,
+    pub entry: Mount,
     /// What must exist in the root filesystem at `destination`.
     pub mountpoint: Mountpoint,
 }
@@ -159,58 +168,63 @@ pub(super) fn plan_mounts(
             .map(str::to_string)
             .ok_or_else(|| RuncError::Invalid(format!("{} is not valid UTF-8", p.display())))
     };
-    let mut raw: Vec<(String, Value, bool)> = vec![
+    let standard: [(&str, &str, &str, &[&str]); 6] = [
+        ("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
         (
-            "/proc".into(),
-            json!({"destination": "/proc", "type": "proc", "source": "proc",
-                   "options": ["nosuid", "noexec", "nodev"]}),
-            false,
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
         ),
         (
-            "/dev".into(),
-            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-            false,
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         ),
         (
-            "/dev/pts".into(),
-            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-                   "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-            false,
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         ),
         (
-            "/dev/shm".into(),
-            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-                   "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
-            false,
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
         ),
         (
-            "/dev/mqueue".into(),
-            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-                   "options": ["nosuid", "noexec", "nodev"]}),
-            false,
-        ),
-        (
-            "/sys".into(),
-            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                   "options": ["nosuid", "noexec", "nodev", "ro"]}),
-            false,
-        ),
-        (
-            "/etc/hosts".into(),
-            json!({"destination": "/etc/hosts", "type": "bind", "source": path_str(host.hosts_file)?,
-                   "options": ["rbind", "rw"]}),
-            true,
-        ),
-        (
-            "/etc/resolv.conf".into(),
-            json!({"destination": "/etc/resolv.conf", "type": "bind",
-                   "source": path_str(host.resolv_file)?, "options": ["rbind", "rw"]}),
-            true,
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
         ),
     ];
-    for mount in &request.mounts {
-        match mount {
+    let mut raw: Vec<(String, Mount, bool)> = Vec::new();
+    for (destination, typ, source, options) in standard {
+        raw.push((
+            destination.into(),
+            mount(destination, typ, source, options)?,
+            false,
+        ));
+    }
+    for (destination, file) in [
+        ("/etc/hosts", host.hosts_file),
+        ("/etc/resolv.conf", host.resolv_file),
+    ] {
+        let entry = mount(destination, "bind", &path_str(file)?, &["rbind", "rw"])?;
+        raw.push((destination.into(), entry, true));
+    }
+    for requested in &request.mounts {
+        match requested {
             RunMount::Bind {
                 source,
                 target,
@@ -224,8 +238,7 @@ pub(super) fn plan_mounts(
                     source: e,
                 })?;
                 let access = if *readonly { "ro" } else { "rw" };
-                let entry = json!({"destination": destination, "type": "bind",
-                    "source": path_str(source)?, "options": ["rbind", access]});
+                let entry = mount(&destination, "bind", &path_str(source)?, &["rbind", access])?;
                 raw.push((destination, entry, !meta.is_dir()));
             }
             RunMount::Tmpfs { target, size_bytes } => {
@@ -239,8 +252,8 @@ pub(super) fn plan_mounts(
                 if let Some(size) = size_bytes {
                     options.push(format!("size={size}"));
                 }
-                let entry = json!({"destination": destination, "type": "tmpfs",
-                    "source": "tmpfs", "options": options});
+                let options: Vec<&str> = options.iter().map(String::as_str).collect();
+                let entry = mount(&destination, "tmpfs", "tmpfs", &options)?;
                 raw.push((destination, entry, false));
             }
         }
@@ -269,6 +282,21 @@ pub(super) fn plan_mounts(
     Ok(planned)
 }
 
+fn spec_err(e: oci_spec::OciSpecError) -> RuncError {
+    RuncError::Invalid(format!("building config.json: {e}"))
+}
+
+/// One mount entry.
+fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, RuncError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(spec_err)
+}
+
 /// The whole `config.json`.
 pub(super) fn config(
     request: &RunRequest,
@@ -277,97 +305,168 @@ pub(super) fn config(
     env: &[String],
     mounts: &[PlannedMount],
     host: &Host<'_>,
-) -> Result<Value, RuncError> {
+) -> Result<Spec, RuncError> {
     let rootfs = rootfs
         .to_str()
         .ok_or_else(|| RuncError::Invalid(format!("{} is not valid UTF-8", rootfs.display())))?;
     // A non-root process loses its permitted and effective capabilities at execve anyway
     // (no file capabilities, no ambient set), so giving them only to root says the same
     // thing honestly; the bounding set still limits what setuid programs can regain.
-    let granted: Vec<&str> = if request.user.uid == 0 {
-        DEFAULT_CAPABILITIES.to_vec()
+    let bounding: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let granted: HashSet<Capability> = if request.user.uid == 0 {
+        bounding.clone()
     } else {
-        Vec::new()
+        HashSet::new()
     };
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
+    let mut capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(bounding)
+        .effective(granted.clone())
+        .permitted(granted)
+        .build()
+        .map_err(spec_err)?;
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+    let user = UserBuilder::default()
+        .uid(request.user.uid)
+        .gid(request.user.gid)
+        .additional_gids(request.user.additional_gids.clone())
+        .build()
+        .map_err(spec_err)?;
+    let rlimit = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(host.nofile)
+        .soft(host.nofile)
+        .build()
+        .map_err(spec_err)?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(request.argv.clone())
+        .env(env.to_vec())
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![rlimit])
+        .no_new_privileges(host.no_new_privileges)
+        .build()
+        .map_err(spec_err)?;
+
+    let mut kinds = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
     ];
     if request.network == RunNetwork::None {
         // A new network namespace holds only `lo`, which runc brings up.
-        namespaces.push(json!({"type": "network"}));
+        kinds.push(LinuxNamespaceType::Network);
     }
-    let devices: Vec<Value> = DEVICES
+    let namespaces = kinds
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_err)?;
+    let devices = DEVICES
         .iter()
         .map(|(path, major, minor)| {
-            json!({"path": path, "type": "c", "major": major, "minor": minor,
-                   "fileMode": 0o666, "uid": 0, "gid": 0})
+            LinuxDeviceBuilder::default()
+                .path(*path)
+                .typ(LinuxDeviceType::C)
+                .major(*major)
+                .minor(*minor)
+                .file_mode(0o666u32)
+                .uid(0u32)
+                .gid(0u32)
+                .build()
         })
-        .collect();
-    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
-    device_rules.extend(DEVICES.iter().map(|(_, major, minor)| {
-        json!({"allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm"})
-    }));
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_err)?;
+    let rule = |allow: bool, major: Option<i64>, minor: Option<i64>| {
+        let mut b = LinuxDeviceCgroupBuilder::default()
+            .allow(allow)
+            .access("rwm");
+        if allow {
+            b = b.typ(LinuxDeviceType::C);
+        }
+        if let Some(major) = major {
+            b = b.major(major);
+        }
+        if let Some(minor) = minor {
+            b = b.minor(minor);
+        }
+        b.build()
+    };
+    let mut device_rules = vec![rule(false, None, None)];
+    device_rules.extend(
+        DEVICES
+            .iter()
+            .map(|(_, major, minor)| rule(true, Some(*major), Some(*minor))),
+    );
     // Pseudo-terminals (`/dev/ptmx`, `/dev/pts/*`) for programs that open one themselves.
-    device_rules.push(json!({"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"}));
-    device_rules.push(json!({"allow": true, "type": "c", "major": 136, "access": "rwm"}));
-
-    let process = json!({
-        "terminal": false,
-        "user": {
-            "uid": request.user.uid,
-            "gid": request.user.gid,
-            "additionalGids": request.user.additional_gids,
-        },
-        "args": request.argv,
-        "env": env,
-        "cwd": cwd,
-        "capabilities": {
-            "bounding": DEFAULT_CAPABILITIES,
-            "effective": granted,
-            "permitted": granted,
-        },
-        "rlimits": [
-            {"type": "RLIMIT_NOFILE", "hard": host.nofile, "soft": host.nofile},
-        ],
-        "noNewPrivileges": host.no_new_privileges,
-    });
-    let mut config = json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": rootfs, "readonly": false},
-        "mounts": mounts.iter().map(|m| m.entry.clone()).collect::<Vec<_>>(),
-        "linux": {
-            "namespaces": namespaces,
-            "devices": devices,
-            "resources": {"devices": device_rules},
-            "cgroupsPath": host.cgroups_path,
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
-    });
-    if !request.hostname.is_empty()
-        && let Some(map) = config.as_object_mut()
-    {
-        map.insert("hostname".to_string(), json!(request.hostname));
-    }
-    if !host.denied_syscalls.is_empty()
-        && let Some(linux) = config.get_mut("linux").and_then(Value::as_object_mut)
-    {
+    device_rules.push(rule(true, Some(5), Some(2)));
+    device_rules.push(rule(true, Some(136), None));
+    let device_rules = device_rules
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(spec_err)?;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(device_rules)
+        .build()
+        .map_err(spec_err)?;
+    let mut linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .devices(devices)
+        .resources(resources)
+        .cgroups_path(host.cgroups_path)
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(spec_err)?;
+    if !host.denied_syscalls.is_empty() {
         // Allow by default, refuse the listed calls with EPERM (errno 1), as a container
         // runtime's default profile refuses `mount` and `unshare` to a container without
         // CAP_SYS_ADMIN.
-        linux.insert(
-            "seccomp".to_string(),
-            json!({"defaultAction": "SCMP_ACT_ALLOW",
-                   "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-                   "syscalls": [{"names": host.denied_syscalls,
-                                 "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}),
-        );
+        let refused = LinuxSyscallBuilder::default()
+            .names(host.denied_syscalls.to_vec())
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(1u32)
+            .build()
+            .map_err(spec_err)?;
+        let seccomp = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .architectures(vec![
+                Arch::ScmpArchX86_64,
+                Arch::ScmpArchX86,
+                Arch::ScmpArchX32,
+            ])
+            .syscalls(vec![refused])
+            .build()
+            .map_err(spec_err)?;
+        linux.set_seccomp(Some(seccomp));
     }
-    Ok(config)
+    let root = RootBuilder::default()
+        .path(rootfs)
+        .readonly(false)
+        .build()
+        .map_err(spec_err)?;
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".to_string());
+    spec.set_root(Some(root));
+    spec.set_mounts(Some(mounts.iter().map(|m| m.entry.clone()).collect()));
+    spec.set_process(Some(process));
+    spec.set_linux(Some(linux));
+    spec.set_annotations(None);
+    spec.set_hostname((!request.hostname.is_empty()).then(|| request.hostname.clone()));
+    Ok(spec)
 }
 
 #[cfg(test)]
@@ -442,5 +541,115 @@ mod tests {
                 ("/cachex", Mountpoint::Dir),
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod golden {
+    use super::*;
+    use crate::users::ProcessUser;
+    use serde_json::Value;
+    use std::path::PathBuf;
+
+    pub(super) fn requests() -> Vec<(&'static str, RunRequest, Vec<String>, bool)> {
+        let root = RunRequest {
+            rootfs: PathBuf::from("/r"),
+            argv: vec!["/bin/sh".into(), "-c".into(), "make".into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: PathBuf::from("/src"),
+            user: ProcessUser {
+                uid: 0,
+                gid: 0,
+                additional_gids: vec![1, 2],
+            },
+            mounts: vec![
+                RunMount::Tmpfs {
+                    target: PathBuf::from("/tmp/t"),
+                    size_bytes: Some(65536),
+                },
+                RunMount::Bind {
+                    source: PathBuf::from("/"),
+                    target: PathBuf::from("/mnt/host"),
+                    readonly: true,
+                },
+            ],
+            network: RunNetwork::Host,
+            hostname: "stagecoach".into(),
+            timeout: None,
+            tail_lines: 5,
+        };
+        let user = RunRequest {
+            user: ProcessUser {
+                uid: 1000,
+                gid: 1000,
+                additional_gids: vec![],
+            },
+            network: RunNetwork::None,
+            hostname: String::new(),
+            mounts: vec![],
+            ..root.clone()
+        };
+        vec![
+            ("root", root, vec![], true),
+            (
+                "user",
+                user,
+                vec!["mount".to_string(), "unshare".to_string()],
+                false,
+            ),
+        ]
+    }
+
+    pub(super) fn render(request: &RunRequest, denied: &[String], nnp: bool) -> Value {
+        let host = Host {
+            hosts_file: Path::new("/b/hosts"),
+            resolv_file: Path::new("/b/resolv.conf"),
+            cgroups_path: "/stagecoach/x",
+            nofile: 4096,
+            no_new_privileges: nnp,
+            denied_syscalls: denied,
+        };
+        let mounts = plan_mounts(request, &host).unwrap();
+        let env: Vec<String> = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        serde_json::to_value(
+            config(request, Path::new("/r"), "/src", &env, &mounts, &host).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Capability sets are sets: their order in the JSON means nothing.
+    fn normalized(mut v: Value) -> Value {
+        if let Some(caps) = v
+            .pointer_mut("/process/capabilities")
+            .and_then(Value::as_object_mut)
+        {
+            for set in caps.values_mut() {
+                if let Some(list) = set.as_array_mut() {
+                    list.sort_by_key(|c| c.as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn config_json_is_pinned() {
+        for (name, request, denied, nnp) in requests() {
+            let path = format!(
+                "{}/src/runc/testdata/config-{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let want: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let got = render(&request, &denied, nnp);
+            assert_eq!(
+                normalized(got),
+                normalized(want),
+                "{name}: config.json differs from {path}"
+            );
+        }
     }
 }
