@@ -591,3 +591,75 @@ mod tests {
         );
     }
 }
+
+/// Copies the files a projected volume (a ConfigMap's or Secret's, mounted in a pod) shows
+/// under `src` into `dst` as plain files and directories: such a volume is a farm of
+/// symlinks into a hidden `..data` directory, whose `..*` entries are the kubelet's own
+/// bookkeeping and are skipped. Files get mode 0644, directories 0755. Returns how many
+/// files were copied.
+pub fn copy_projected(src: &Path, dst: &Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dst)?;
+    let mut copied = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(src)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("..") {
+            continue;
+        }
+        let from = entry.path();
+        let to = dst.join(&name);
+        // Followed on purpose: the visible names are links to the projected data.
+        let meta = std::fs::metadata(&from)?;
+        if meta.is_dir() {
+            copied += copy_projected(&from, &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        } else if meta.is_file() {
+            std::fs::copy(&from, &to)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
+#[cfg(test)]
+mod projected_tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+
+    #[test]
+    fn a_projected_volume_becomes_plain_files() {
+        // What the kubelet makes of a ConfigMap with items a.txt and dir/b.txt.
+        let tmp = tempfile::tempdir().unwrap();
+        let vol = tmp.path().join("vol");
+        let data = vol.join("..2026_12_04_00_00_00.1");
+        std::fs::create_dir_all(data.join("dir")).unwrap();
+        std::fs::write(data.join("a.txt"), "a").unwrap();
+        std::fs::write(data.join("dir/b.txt"), "b").unwrap();
+        symlink("..2026_12_04_00_00_00.1", vol.join("..data")).unwrap();
+        symlink("..data/a.txt", vol.join("a.txt")).unwrap();
+        symlink("..data/dir", vol.join("dir")).unwrap();
+        let out = tmp.path().join("out");
+        assert_eq!(copy_projected(&vol, &out).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(out.join("a.txt")).unwrap(), "a");
+        assert_eq!(std::fs::read_to_string(out.join("dir/b.txt")).unwrap(), "b");
+        let meta = std::fs::symlink_metadata(out.join("dir")).unwrap();
+        assert!(meta.is_dir() && !meta.file_type().is_symlink());
+        assert_eq!(
+            std::fs::metadata(out.join("a.txt"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
+        let names: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no ..data in the copy: {names:?}");
+    }
+}

@@ -14,6 +14,7 @@
 //! stays `Pending` with its needed stages listed: builder pods (the plan and apply steps)
 //! come next (docs/architecture.md, "The operator").
 
+pub mod pods;
 pub mod status;
 pub mod validate;
 

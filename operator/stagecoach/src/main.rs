@@ -36,6 +36,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run one stage job in place (what a builder pod runs; RUN steps run in this container).
     Stage(stage::StageArgs),
+    /// A builder pod's init step: copy this binary and the build context into place.
+    #[command(hide = true)]
+    Prepare(stage::PrepareArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(&args).map_err(|e| (e.to_string(), 1)),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Stage(args) => return ExitCode::from(stage::run(&args)),
+        Command::Prepare(args) => stage::prepare(&args).map_err(|e| (format!("prepare: {e}"), 1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

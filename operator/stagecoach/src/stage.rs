@@ -128,3 +128,36 @@ pub fn exec_step(args: &[std::ffi::OsString]) -> u8 {
     eprintln!("{error}");
     error.exit_code()
 }
+
+/// Arguments of `stagecoach prepare`, a builder pod's init container (in the operator image):
+/// it copies this static binary to where the stage container runs it from, and the build
+/// context from its projected volume into a plain directory.
+#[derive(Debug, clap::Args)]
+pub struct PrepareArgs {
+    /// Copy this executable into DIR (as DIR/stagecoach).
+    #[arg(long, value_name = "DIR")]
+    binary_to: PathBuf,
+    /// A projected volume (ConfigMap) holding the build context's files.
+    #[arg(long, value_name = "DIR", requires = "context_to")]
+    context_from: Option<PathBuf>,
+    /// Where the context's plain copy goes.
+    #[arg(long, value_name = "DIR")]
+    context_to: Option<PathBuf>,
+}
+
+/// Runs `stagecoach prepare`.
+pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let exe = std::env::current_exe()?;
+    std::fs::create_dir_all(&args.binary_to)?;
+    let dest = args.binary_to.join("stagecoach");
+    std::fs::copy(&exe, &dest)?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    if let (Some(from), Some(to)) = (&args.context_from, &args.context_to) {
+        let n = stagecoach_builder::context::copy_projected(from, to)?;
+        tracing::info!("[prepare] {n} context files in {}", to.display());
+    } else if let Some(to) = &args.context_to {
+        std::fs::create_dir_all(to)?;
+    }
+    Ok(())
+}
