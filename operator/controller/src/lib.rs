@@ -15,6 +15,7 @@
 //! come next (docs/architecture.md, "The operator").
 
 pub mod pods;
+mod run;
 pub mod status;
 pub mod validate;
 
@@ -52,6 +53,11 @@ pub struct Settings {
     /// Its access mode (`ReadWriteOnce` works with every class; `ReadWriteMany` lets a
     /// build's pods run on any node).
     pub cache_access_mode: String,
+    /// The operator's own image (builder pods' init container, and the image of a stage
+    /// whose root is `scratch`), pinned by digest.
+    pub operator_image: String,
+    /// Registries reached over plain HTTP when resolving base images.
+    pub insecure_registries: Vec<String>,
 }
 
 impl Default for Settings {
@@ -61,6 +67,8 @@ impl Default for Settings {
             cache_size: "20Gi".into(),
             cache_storage_class: None,
             cache_access_mode: "ReadWriteOnce".into(),
+            operator_image: String::new(),
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -100,6 +108,25 @@ pub enum Error {
         /// The API's answer.
         source: kube::Error,
     },
+    /// Creating or deleting a build's pods or ConfigMaps failed.
+    #[error("cannot {what}: {source}")]
+    Apply {
+        /// What was being done.
+        what: String,
+        /// The API's answer.
+        source: kube::Error,
+    },
+    /// A base image could not be resolved in its registry.
+    #[error("resolving {image}: {message}")]
+    Resolve {
+        /// The image.
+        image: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A stage's job or pod could not be planned.
+    #[error("planning a stage: {0}")]
+    Plan(String),
     /// Writing the status failed.
     #[error("writing the status: {0}")]
     Status(#[source] kube::Error),
@@ -114,6 +141,9 @@ impl Error {
         match self {
             Error::Fetch { .. } => "FetchFailed",
             Error::CacheClaim { .. } => "CacheClaimFailed",
+            Error::Apply { .. } => "ApplyFailed",
+            Error::Resolve { .. } => "ResolveFailed",
+            Error::Plan(_) => "PlanFailed",
             Error::Status(_) => "StatusWriteFailed",
             Error::NoNamespace => "NoNamespace",
         }
@@ -172,7 +202,15 @@ pub async fn run(
         namespace = namespace.unwrap_or("*"),
         "stagecoach controller watching ImageBuilds"
     );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = match namespace {
+        Some(ns) => Api::namespaced(context.client.clone(), ns),
+        None => Api::all(context.client.clone()),
+    };
     Controller::new(builds, watcher::Config::default())
+        .owns(
+            pods,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach"),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -200,25 +238,33 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let fetched = fetch(&ctx.client, &build, &namespace).await?;
+    let mut retry_after = None;
     let (reason, message, stages) = match validate(&build.spec, &fetched) {
         Err(e) => (e.reason(), e.to_string(), Vec::new()),
         Ok(v) => {
             if build.spec.cache.is_none() {
                 ensure_cache_claim(&ctx, &namespace).await?;
             }
-            match &v.plan {
-                Some(plan) => (
+            match (&v.plan, &v.dockerfile) {
+                (Some(plan), Some(text)) => {
+                    match run::drive(&ctx, &build, &namespace, text, plan).await {
+                        Ok(verdict) => verdict,
+                        // The registry may come back: say so, and retry with backoff.
+                        Err(e @ Error::Resolve { .. }) => {
+                            retry_after = Some(backoff(&ctx, &build));
+                            (
+                                Reason::Pending,
+                                format!("{e}; retrying"),
+                                status::pending_stages(plan),
+                            )
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => (
                     Reason::Pending,
-                    format!(
-                        "the spec is valid: {} stages to build in {} waves; this operator version does not start builder pods yet",
-                        plan.waves.iter().flatten().count(),
-                        plan.waves.len()
-                    ),
-                    status::pending_stages(plan),
-                ),
-                None => (
-                    Reason::Pending,
-                    "the spec is valid; this operator version does not fetch git sources or start builder pods yet".to_string(),
+                    "the spec is valid; this operator version does not fetch git sources yet"
+                        .to_string(),
                     Vec::new(),
                 ),
             }
@@ -249,24 +295,32 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             .map_err(Error::Status)?;
         tracing::info!(reason = reason.as_str(), generation, "status written");
     }
+    if let Some(wait) = retry_after {
+        return Ok(Action::requeue(wait));
+    }
     if let Ok(mut failures) = ctx.failures.lock() {
         failures.remove(&ObjectRef::from(build.as_ref()));
     }
     Ok(Action::await_change())
 }
 
-/// Transient failures back off per object: 2 s, 4 s, 8 s … up to five minutes.
-fn error_policy(build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
+/// The next wait of an object's backoff (2 s doubling to five minutes), counting this failure.
+fn backoff(ctx: &Context, build: &ImageBuild) -> Duration {
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {
-            let n = failures.entry(ObjectRef::from(build.as_ref())).or_insert(0);
+            let n = failures.entry(ObjectRef::from(build)).or_insert(0);
             *n = n.saturating_add(1);
             *n
         }
         Err(_) => 1,
     };
-    let wait = Duration::from_secs(1u64 << attempts.min(9)).min(MAX_BACKOFF);
-    tracing::warn!(reason = error.reason(), error = %error, attempts, ?wait, "retrying");
+    Duration::from_secs(1u64 << attempts.min(9)).min(MAX_BACKOFF)
+}
+
+/// Transient failures back off per object: 2 s, 4 s, 8 s … up to five minutes.
+fn error_policy(build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
+    let wait = backoff(&ctx, &build);
+    tracing::warn!(reason = error.reason(), error = %error, ?wait, "retrying");
     Action::requeue(wait)
 }
 

@@ -190,6 +190,45 @@ pub struct StagePod<'a> {
     pub stage_exports: &'a BTreeMap<String, String>,
 }
 
+/// Declared build secrets by the Secret that holds them.
+pub type SecretsBySecret<'s> = BTreeMap<&'s str, Vec<&'s BuildSecret>>;
+
+/// The spec's secrets this stage's RUN steps ask for, grouped by Secret (one volume each,
+/// numbered in this order), and the file each id is at in the stage container.
+pub fn declared_secrets<'s>(
+    spec: &'s ImageBuildSpec,
+    mounts: &[StepMounts],
+) -> (SecretsBySecret<'s>, Vec<(String, String)>) {
+    let used: Vec<&str> = mounts
+        .iter()
+        .flat_map(|s| s.mounts.iter())
+        .filter_map(|m| match m {
+            MountNeed::Secret { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut by_secret: BTreeMap<&str, Vec<&BuildSecret>> = BTreeMap::new();
+    for s in spec
+        .secrets
+        .iter()
+        .filter(|s| used.contains(&s.id.as_str()))
+    {
+        by_secret
+            .entry(s.secret_key_ref.name.as_str())
+            .or_default()
+            .push(s);
+    }
+    let paths = by_secret
+        .values()
+        .enumerate()
+        .flat_map(|(n, ids)| {
+            ids.iter()
+                .map(move |s| (s.id.clone(), format!("{SECRETS_DIR}/{n}/{}", s.id)))
+        })
+        .collect();
+    (by_secret, paths)
+}
+
 /// The job ConfigMap and the pod of a stage.
 pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError> {
     let owner = input.owner;

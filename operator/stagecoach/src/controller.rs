@@ -21,6 +21,13 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "MODE", default_value = "ReadWriteOnce",
           value_parser = ["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"])]
     cache_access_mode: String,
+    /// The operator's own image, pinned by digest (builder pods' init container).
+    #[arg(long, value_name = "IMAGE", env = "STAGECOACH_OPERATOR_IMAGE")]
+    operator_image: String,
+    /// A registry (HOST or HOST:PORT) reached over plain HTTP when resolving base images
+    /// (repeatable).
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    insecure_registries: Vec<String>,
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -30,6 +37,8 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         cache_size: args.cache_size.clone(),
         cache_storage_class: args.cache_storage_class.clone(),
         cache_access_mode: args.cache_access_mode.clone(),
+        operator_image: args.operator_image.clone(),
+        insecure_registries: args.insecure_registries.clone(),
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
 }

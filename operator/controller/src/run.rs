@@ -1,0 +1,660 @@
+//! The plan and apply steps for a validated generation: read what its pods did, start the
+//! stages whose inputs are ready, and decide the build's state. A stage's pod starts when
+//! every stage it needs has succeeded, so the stages of a wave run at the same time; a
+//! stage's result is its pod's termination message (`StageResult`), whose config digest and
+//! layers feed the `FROM <stage>` children's jobs. The first failure stops the generation's
+//! other pods and fails the build with the reason the stage's exit code and result give.
+//! Pods of older generations are deleted when a newer one is seen.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt as _;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use stagecoach_api::{ImageBuild, Reason, SourceKind, StageState, StageStatus};
+use stagecoach_builder::image_state::ArgSource;
+use stagecoach_builder::run_mounts;
+use stagecoach_dockerfile::Dockerfile;
+use stagecoach_dockerfile::planner::{self, Base, Plan, PlanOptions};
+use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
+use stagecoach_protocol::job::{
+    JOB_VERSION, JobBase, JobOptions, SecretInput, StageInput, StageJob,
+};
+use stagecoach_protocol::reason::condition_for_exit;
+use stagecoach_protocol::{CacheLayout, LayerRecord, StageResult};
+
+use crate::pods::{
+    self, CACHE_DIR, CONTEXT_DIR, ContextSource, LABEL_BUILD, LABEL_GENERATION, Owner, StagePod,
+};
+use crate::{Context, Error};
+
+/// A resolved base image.
+#[derive(Debug, Clone)]
+struct Resolved {
+    pinned: String,
+    manifest: stagecoach_oci::Digest,
+    config: serde_json::Value,
+    working_config: stagecoach_oci::ImageConfig,
+    layers: Vec<LayerRecord>,
+}
+
+/// How far one stage got.
+#[derive(Debug, Clone)]
+enum Progress {
+    NotStarted,
+    Running,
+    Succeeded(Box<StageResult>),
+    Failed {
+        code: i32,
+        result: Option<Box<StageResult>>,
+        message: String,
+    },
+}
+
+/// The build's state after this reconcile: reason, message, stage entries.
+pub(crate) type Verdict = (Reason, String, Vec<StageStatus>);
+
+/// Drives the generation's stage pods; returns its state.
+pub(crate) async fn drive(
+    ctx: &Context,
+    build: &ImageBuild,
+    namespace: &str,
+    dockerfile_text: &str,
+    plan: &Plan,
+) -> Result<Verdict, Error> {
+    let owner = Owner {
+        name: build.name_any(),
+        uid: build.uid().unwrap_or_default(),
+        generation: build.metadata.generation.unwrap_or(0),
+    };
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let api_err = |what: &str| {
+        let what = what.to_string();
+        move |source| Error::Apply { what, source }
+    };
+    let listed = pods_api
+        .list(&ListParams::default().labels(&format!("{LABEL_BUILD}={}", owner.name)))
+        .await
+        .map_err(api_err("list the build's pods"))?;
+    let mut current: BTreeMap<String, Pod> = BTreeMap::new();
+    for pod in listed.items {
+        let generation = pod
+            .labels()
+            .get(LABEL_GENERATION)
+            .cloned()
+            .unwrap_or_default();
+        if generation == owner.generation.to_string() {
+            current.insert(pod.name_any(), pod);
+        } else {
+            // A newer spec replaces the old build: its pods stop.
+            delete_pod(&pods_api, &pod.name_any()).await?;
+        }
+    }
+
+    let mut needed: Vec<usize> = plan.waves.iter().flatten().copied().collect();
+    needed.sort_unstable();
+    let mut progress: BTreeMap<usize, Progress> = BTreeMap::new();
+    for &i in &needed {
+        let p = current
+            .get(&owner.stage_object(i))
+            .map_or(Progress::NotStarted, pod_progress);
+        progress.insert(i, p);
+    }
+
+    let mut stages = stage_entries(plan, &needed, &progress, &current, &owner);
+
+    // The first failure ends the generation.
+    if let Some((
+        &i,
+        Progress::Failed {
+            code,
+            result,
+            message,
+        },
+    )) = progress
+        .iter()
+        .find(|(_, p)| matches!(p, Progress::Failed { .. }))
+    {
+        for (&j, p) in &progress {
+            if j != i && matches!(p, Progress::Running) {
+                delete_pod(&pods_api, &owner.stage_object(j)).await?;
+            }
+        }
+        for s in &mut stages {
+            if s.state == StageState::Pending || s.state == StageState::Running {
+                s.state = StageState::Skipped;
+            }
+        }
+        let reason = condition_for_exit(*code, result.as_ref().and_then(|r| r.reason));
+        let label = plan.stages[i].name.clone().unwrap_or_else(|| i.to_string());
+        return Ok((reason, format!("stage {label}: {message}"), stages));
+    }
+
+    if plan
+        .targets
+        .iter()
+        .all(|t| matches!(progress.get(t), Some(Progress::Succeeded(_))))
+    {
+        let images = build.spec.image.iter().count()
+            + build
+                .spec
+                .targets
+                .iter()
+                .filter(|t| t.image.is_some())
+                .count();
+        if images > 0 {
+            return Ok((
+                Reason::PushFailed,
+                format!(
+                    "every stage was built, but pushing images is not implemented in this operator version ({images} to push)"
+                ),
+                stages,
+            ));
+        }
+        return Ok((
+            Reason::Succeeded,
+            format!(
+                "built {} stages; no target has an image to push",
+                needed.len()
+            ),
+            stages,
+        ));
+    }
+
+    // Start every stage whose inputs are ready.
+    let ready: Vec<usize> = needed
+        .iter()
+        .copied()
+        .filter(|i| matches!(progress.get(i), Some(Progress::NotStarted)))
+        .filter(|&i| {
+            plan.stages[i]
+                .depends_on
+                .iter()
+                .all(|j| matches!(progress.get(j), Some(Progress::Succeeded(_))))
+        })
+        .collect();
+    if !ready.is_empty() {
+        let dockerfile =
+            Dockerfile::parse(dockerfile_text).map_err(|e| Error::Plan(e.to_string()))?;
+        let context = ensure_context(&maps, build, &owner).await?;
+        let mut resolved: BTreeMap<String, Resolved> = BTreeMap::new();
+        for i in ready {
+            let (job, image, mounts) = stage_job(
+                ctx,
+                build,
+                &owner,
+                &dockerfile,
+                dockerfile_text,
+                plan,
+                i,
+                &progress,
+                &mut resolved,
+            )
+            .await?;
+            let exports: BTreeMap<String, String> = plan.stages[i]
+                .depends_on
+                .iter()
+                .flat_map(|&j| {
+                    let export = export_sub_path(&owner, j);
+                    let mut keys = vec![(j.to_string(), export.clone())];
+                    if let Some(name) = &plan.stages[j].name {
+                        keys.push((name.clone(), export));
+                    }
+                    keys
+                })
+                .collect();
+            let label = plan.stages[i].name.clone().unwrap_or_else(|| i.to_string());
+            let (map, pod) = pods::stage_pod(&StagePod {
+                owner: &owner,
+                spec: &build.spec,
+                index: i,
+                label: &label,
+                image: &image,
+                operator_image: &ctx.settings.operator_image,
+                cache_claim: cache_claim(ctx, build),
+                job: &job,
+                mounts: &mounts,
+                context: context.as_ref(),
+                stage_exports: &exports,
+            })
+            .map_err(|e| Error::Plan(e.to_string()))?;
+            create_or_keep(&maps, &map).await?;
+            match pods_api.create(&PostParams::default(), &pod).await {
+                Ok(_) => tracing::info!(
+                    stage = label.as_str(),
+                    pod = pod.name_any().as_str(),
+                    "stage pod created"
+                ),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(api_err("create a stage pod")(e)),
+            }
+            if let Some(entry) = stages
+                .iter_mut()
+                .find(|s| s.index == i32::try_from(i).unwrap_or(-1))
+            {
+                entry.pod = pod.metadata.name.clone();
+            }
+        }
+    }
+    let done = progress
+        .values()
+        .filter(|p| matches!(p, Progress::Succeeded(_)))
+        .count();
+    Ok((
+        Reason::Building,
+        format!("{done} of {} stages built", needed.len()),
+        stages,
+    ))
+}
+
+fn cache_claim<'c>(ctx: &'c Context, build: &'c ImageBuild) -> &'c str {
+    build
+        .spec
+        .cache
+        .as_ref()
+        .map_or(ctx.settings.cache_claim.as_str(), |c| c.claim_name.as_str())
+}
+
+/// Where stage `i`'s export is, relative to the cache volume.
+fn export_sub_path(owner: &Owner, i: usize) -> String {
+    format!(
+        "builds/{}/stages/{i}/rootfs",
+        stagecoach_protocol::layout::escape_id(&owner.uid)
+    )
+}
+
+async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+    match pods.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Apply {
+            what: format!("delete pod {name}"),
+            source,
+        }),
+    }
+}
+
+async fn create_or_keep(maps: &Api<ConfigMap>, map: &ConfigMap) -> Result<(), Error> {
+    match maps.create(&PostParams::default(), map).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(source) => Err(Error::Apply {
+            what: format!("create ConfigMap {}", map.name_any()),
+            source,
+        }),
+    }
+}
+
+/// The generation's context source: the inline files' ConfigMap (made once), or the user's.
+async fn ensure_context(
+    maps: &Api<ConfigMap>,
+    build: &ImageBuild,
+    owner: &Owner,
+) -> Result<Option<ContextSource>, Error> {
+    match build.spec.source.kind() {
+        Ok(SourceKind::Inline(inline)) if !inline.files.is_empty() => {
+            let (map, source) = pods::context_config_map(owner, &inline.files);
+            create_or_keep(maps, &map).await?;
+            Ok(Some(source))
+        }
+        Ok(SourceKind::ConfigMap(source)) => {
+            Ok(Some(ContextSource::ConfigMap(source.name.clone())))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What a pod says about its stage.
+fn pod_progress(pod: &Pod) -> Progress {
+    let status = pod.status.clone().unwrap_or_default();
+    let terminated = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        statuses
+            .iter()
+            .flatten()
+            .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()))
+    };
+    if let Some(t) = terminated(&status.init_container_statuses)
+        && t.exit_code != 0
+    {
+        return Progress::Failed {
+            code: 255,
+            result: None,
+            message: format!(
+                "the pod's prepare step failed ({}): {}",
+                t.reason.unwrap_or_default(),
+                t.message.unwrap_or_default()
+            ),
+        };
+    }
+    match terminated(&status.container_statuses) {
+        Some(t) => {
+            // Untrusted input: a result that does not parse is no result.
+            let result = t
+                .message
+                .as_deref()
+                .and_then(|m| serde_json::from_str::<StageResult>(m).ok())
+                .map(Box::new);
+            if t.exit_code == 0 {
+                match result {
+                    Some(r) => Progress::Succeeded(r),
+                    None => Progress::Failed {
+                        code: 255,
+                        result: None,
+                        message: "the stage exited 0 without a readable result".into(),
+                    },
+                }
+            } else {
+                let message = match &result {
+                    Some(r) => failure_text(r),
+                    None => format!(
+                        "the stage container exited with {} ({})",
+                        t.exit_code,
+                        t.reason.clone().unwrap_or_default()
+                    ),
+                };
+                Progress::Failed {
+                    code: t.exit_code,
+                    result,
+                    message,
+                }
+            }
+        }
+        None if status.phase.as_deref() == Some("Failed") => Progress::Failed {
+            code: 255,
+            result: None,
+            message: format!(
+                "the pod failed: {} {}",
+                status.reason.unwrap_or_default(),
+                status.message.unwrap_or_default()
+            ),
+        },
+        None => Progress::Running,
+    }
+}
+
+/// A failed stage's message: the executor's, then the output's last lines.
+fn failure_text(result: &StageResult) -> String {
+    let mut text = result
+        .message
+        .clone()
+        .unwrap_or_else(|| "the stage failed".into());
+    if let Some(step) = &result.failed_step
+        && !step.tail.is_empty()
+    {
+        text.push_str("\nlast output:");
+        for line in &step.tail {
+            text.push_str("\n| ");
+            text.push_str(line);
+        }
+    }
+    text
+}
+
+fn stage_entries(
+    plan: &Plan,
+    needed: &[usize],
+    progress: &BTreeMap<usize, Progress>,
+    pods: &BTreeMap<String, Pod>,
+    owner: &Owner,
+) -> Vec<StageStatus> {
+    needed
+        .iter()
+        .map(|&i| {
+            let pod = pods.get(&owner.stage_object(i));
+            let container = pod
+                .and_then(|p| p.status.as_ref())
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .and_then(|c| c.state.clone());
+            let started: Option<Time> = container.as_ref().and_then(|s| {
+                s.running
+                    .as_ref()
+                    .and_then(|r| r.started_at.clone())
+                    .or_else(|| s.terminated.as_ref().and_then(|t| t.started_at.clone()))
+            });
+            let finished = container
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref().and_then(|t| t.finished_at.clone()));
+            let (state, hits, message) = match progress.get(&i) {
+                Some(Progress::Succeeded(r)) => (
+                    StageState::Succeeded,
+                    i32::try_from(r.cache_hits).ok(),
+                    None,
+                ),
+                Some(Progress::Failed { message, .. }) => (
+                    StageState::Failed,
+                    None,
+                    Some(truncate(
+                        message,
+                        stagecoach_api::bounds::MAX_STAGE_MESSAGE as usize,
+                    )),
+                ),
+                Some(Progress::Running) => (StageState::Running, None, None),
+                _ => (StageState::Pending, None, None),
+            };
+            StageStatus {
+                name: plan.stages[i].name.clone().unwrap_or_else(|| i.to_string()),
+                index: i32::try_from(i).unwrap_or(i32::MAX),
+                state,
+                pod: pod.map(|p| p.name_any()),
+                node: pod
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.node_name.clone()),
+                start_time: started,
+                finish_time: finished,
+                cache_hits: hits,
+                message,
+            }
+        })
+        .collect()
+}
+
+fn truncate(s: &str, limit: usize) -> String {
+    if s.len() <= limit {
+        return s.to_string();
+    }
+    let mut cut = limit;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
+}
+
+/// Resolves an image reference to its manifest, config and layers (anonymous pulls; the
+/// registries in `--insecure-registry` over plain HTTP).
+async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
+    let err = |message: String| Error::Resolve {
+        image: reference.to_string(),
+        message,
+    };
+    let parsed = ImageRef::parse(reference).map_err(|e| err(e.to_string()))?;
+    let client = RegistryClient::new(
+        Credentials::anonymous(),
+        ClientOptions {
+            insecure_registries: ctx.settings.insecure_registries.clone(),
+            ..ClientOptions::default()
+        },
+    );
+    let manifest = client
+        .pull_manifest(&parsed)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let config = client
+        .pull_config(&manifest.reference, &manifest.manifest)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let layers = manifest
+        .manifest
+        .layers
+        .iter()
+        .zip(&config.config.rootfs.diff_ids)
+        .map(|(l, diff_id)| LayerRecord {
+            media_type: stagecoach_oci::media_type::to_oci(&l.media_type).to_string(),
+            digest: l.digest.clone(),
+            diff_id: diff_id.clone(),
+            size: l.size,
+        })
+        .collect();
+    Ok(Resolved {
+        pinned: manifest.reference.to_string(),
+        manifest: manifest.digest.clone(),
+        config: serde_json::from_slice(&config.bytes).map_err(|e| err(e.to_string()))?,
+        working_config: config.config,
+        layers,
+    })
+}
+
+/// Stage `i`'s job, its pod image and its RUN mounts.
+#[allow(clippy::too_many_arguments)]
+async fn stage_job(
+    ctx: &Context,
+    build: &ImageBuild,
+    owner: &Owner,
+    dockerfile: &Dockerfile,
+    dockerfile_text: &str,
+    plan: &Plan,
+    i: usize,
+    progress: &BTreeMap<usize, Progress>,
+    resolved: &mut BTreeMap<String, Resolved>,
+) -> Result<(StageJob, String, Vec<run_mounts::StepMounts>), Error> {
+    let spec = &build.spec;
+    // The chain of FROM stages down to the root ancestor, child first.
+    let mut chain = vec![i];
+    while let Base::Stage(j) = plan.stages[*chain.last().unwrap_or(&i)].base {
+        chain.push(j);
+    }
+    let root = *chain.last().unwrap_or(&i);
+    let root_image = match &plan.stages[root].base {
+        Base::Image(image) => {
+            if !resolved.contains_key(image) {
+                let r = resolve(ctx, image).await?;
+                resolved.insert(image.clone(), r);
+            }
+            resolved.get(image).cloned()
+        }
+        _ => None,
+    };
+    let pod_image = root_image
+        .as_ref()
+        .map_or_else(|| ctx.settings.operator_image.clone(), |r| r.pinned.clone());
+    let root_layers = root_image.as_ref().map_or(0, |r| r.layers.len());
+    let (base, apply) = match &plan.stages[i].base {
+        Base::Scratch => (JobBase::Scratch, vec![]),
+        Base::Image(_) => {
+            let r = root_image
+                .clone()
+                .ok_or_else(|| Error::Plan("an image base was not resolved".into()))?;
+            (
+                JobBase::Image {
+                    reference: r.pinned,
+                    manifest: r.manifest,
+                    config: r.config,
+                    layers: r.layers,
+                },
+                vec![],
+            )
+        }
+        Base::Stage(j) => {
+            let Some(Progress::Succeeded(parent)) = progress.get(j) else {
+                return Err(Error::Plan(format!("stage {j} has no result")));
+            };
+            let config = parent
+                .config_digest
+                .clone()
+                .ok_or_else(|| Error::Plan(format!("stage {j}'s result names no config")))?;
+            (
+                JobBase::Stage {
+                    index: *j,
+                    config,
+                    layers: parent.layers.clone(),
+                },
+                parent
+                    .layers
+                    .get(root_layers..)
+                    .unwrap_or_default()
+                    .to_vec(),
+            )
+        }
+    };
+    // RUN mount targets are relative to the WORKDIR in force, which the FROM chain sets:
+    // replay the chain's instructions and keep this stage's mounts.
+    let options = PlanOptions {
+        build_args: spec.build_args.clone(),
+        ..PlanOptions::default()
+    };
+    let global =
+        planner::global_env(dockerfile, &options).map_err(|e| Error::Plan(e.to_string()))?;
+    let args = ArgSource {
+        build_args: spec.build_args.clone(),
+        global,
+    };
+    let mut instructions = Vec::new();
+    for &k in chain.iter().rev() {
+        instructions.extend(dockerfile.stages[k].instructions.iter().cloned());
+    }
+    let first_line = dockerfile.stages[i]
+        .instructions
+        .first()
+        .map_or(usize::MAX, |l| l.line);
+    let mounts: Vec<_> = run_mounts::stage_mounts(
+        &instructions,
+        dockerfile.escape,
+        root_image.as_ref().map(|r| &r.working_config),
+        &args,
+    )
+    .map_err(|e| Error::Plan(e.to_string()))?
+    .into_iter()
+    .filter(|s| s.line >= first_line)
+    .collect();
+    let layout = CacheLayout::new(CACHE_DIR);
+    let (_, secret_paths) = pods::declared_secrets(spec, &mounts);
+    let exported = plan
+        .waves
+        .iter()
+        .flatten()
+        .any(|&k| k != i && plan.stages[k].depends_on.contains(&i));
+    let dockerfile_path = match spec.source.kind() {
+        Ok(SourceKind::Inline(inline)) if inline.dockerfile.is_some() => None,
+        _ => Some(std::path::PathBuf::from(&spec.dockerfile)),
+    };
+    let job = StageJob {
+        version: JOB_VERSION,
+        build: owner.uid.clone(),
+        dockerfile: dockerfile_text.to_string(),
+        dockerfile_path,
+        stage: i,
+        label: plan.stages[i].label(),
+        build_args: spec.build_args.clone(),
+        base,
+        root: "/".into(),
+        apply,
+        context: CONTEXT_DIR.into(),
+        cache: CACHE_DIR.into(),
+        stages: plan.stages[i]
+            .depends_on
+            .iter()
+            .map(|&j| StageInput {
+                index: j,
+                name: plan.stages[j].name.clone(),
+                root: std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, j)),
+            })
+            .collect(),
+        images: vec![],
+        secrets: secret_paths
+            .into_iter()
+            .map(|(id, path)| SecretInput {
+                id,
+                path: path.into(),
+            })
+            .collect(),
+        options: JobOptions {
+            own_dirs: vec!["/.stagecoach".into()],
+            ..JobOptions::default()
+        },
+        export: exported.then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i))),
+        result: Some(layout.build_stage(&owner.uid, i).join("result.json")),
+    };
+    Ok((job, pod_image, mounts))
+}
