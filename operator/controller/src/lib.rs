@@ -239,6 +239,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
     }
     let fetched = fetch(&ctx.client, &build, &namespace).await?;
     let mut retry_after = None;
+    let mut images = Vec::new();
     let (reason, message, stages) = match validate(&build.spec, &fetched) {
         Err(e) => (e.reason(), e.to_string(), Vec::new()),
         Ok(v) => {
@@ -248,7 +249,10 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             match (&v.plan, &v.dockerfile) {
                 (Some(plan), Some(text)) => {
                     match run::drive(&ctx, &build, &namespace, text, plan).await {
-                        Ok(verdict) => verdict,
+                        Ok(verdict) => {
+                            images = verdict.images;
+                            (verdict.reason, verdict.message, verdict.stages)
+                        }
                         // The registry may come back: say so, and retry with backoff.
                         Err(e @ Error::Resolve { .. }) => {
                             retry_after = Some(backoff(&ctx, &build));
@@ -271,7 +275,8 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
         }
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let status = status::with_reason(previous, generation, reason, &message, stages, now);
+    let mut status = status::with_reason(previous, generation, reason, &message, stages, now);
+    status.images = images;
     let unchanged = previous.is_some_and(|p| {
         p.observed_generation == status.observed_generation
             && p.succeeded().map(|c| (&c.status, &c.reason, &c.message))

@@ -31,6 +31,8 @@ pub const SOURCE_DIR: &str = "/.stagecoach/source";
 pub const SECRETS_DIR: &str = "/.stagecoach/secrets";
 /// The cache volume.
 pub const CACHE_DIR: &str = "/cache";
+/// Where a push pod sees the registry credentials (`config.json`).
+pub const REGISTRY_DIR: &str = "/.stagecoach/registry";
 
 /// Labels every object of a build carries.
 pub const LABEL_BUILD: &str = "stagecoach.dev/build";
@@ -78,6 +80,11 @@ impl Owner {
     /// name, whatever the stage is called.
     pub fn stage_object(&self, index: usize) -> String {
         format!("{}-g{}-s{index}", self.name, self.generation)
+    }
+
+    /// The pod (and job ConfigMap) of push `n`.
+    pub fn push_object(&self, n: usize) -> String {
+        format!("{}-g{}-push{n}", self.name, self.generation)
     }
 
     /// The ConfigMap holding an inline source's files for this generation.
@@ -464,6 +471,71 @@ fn clean_sub_path(source: &str) -> String {
     stagecoach_builder::pattern::clean(&format!("/{source}"))
         .trim_start_matches('/')
         .to_string()
+}
+
+/// The job ConfigMap and the pod of push `n`: the operator image, the cache volume, and the
+/// push secret (mounted here and nowhere else), running `stagecoach push`.
+pub fn push_pod(
+    owner: &Owner,
+    n: usize,
+    operator_image: &str,
+    cache_claim: &str,
+    job: &stagecoach_protocol::job::PushJob,
+    push_secret: Option<&str>,
+) -> (ConfigMap, Pod) {
+    let name = owner.push_object(n);
+    let job_map = ConfigMap {
+        metadata: meta(owner, &name, None),
+        data: Some(
+            [(
+                "job.json".to_string(),
+                serde_json::to_string(job).unwrap_or_default(),
+            )]
+            .into(),
+        ),
+        ..ConfigMap::default()
+    };
+    let mut volumes = vec![
+        json!({"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}}),
+        json!({"name": "spec", "configMap": {"name": name}}),
+    ];
+    let mut mounts = vec![
+        json!({"name": "cache", "mountPath": CACHE_DIR}),
+        json!({"name": "spec", "mountPath": SPEC_DIR, "readOnly": true}),
+    ];
+    if let Some(secret) = push_secret {
+        volumes.push(json!({"name": "registry", "secret": {"secretName": secret,
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}));
+        mounts.push(json!({"name": "registry", "mountPath": REGISTRY_DIR, "readOnly": true}));
+    }
+    let pod_spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "push",
+            "image": operator_image,
+            "command": ["/stagecoach", "push", "--spec", format!("{SPEC_DIR}/job.json")],
+            // uid 0 owns the cache's files (the stage pods wrote them), but holds no
+            // capability: it can write there and nowhere else.
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    let mut metadata = meta(owner, &name, None);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert("stagecoach.dev/push".into(), n.to_string());
+    }
+    let pod = Pod {
+        metadata,
+        spec: serde_json::from_value(pod_spec).ok(),
+        ..Pod::default()
+    };
+    (job_map, pod)
 }
 
 #[cfg(test)]

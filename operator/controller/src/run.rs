@@ -12,14 +12,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt as _;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use stagecoach_api::{ImageBuild, Reason, SourceKind, StageState, StageStatus};
+use stagecoach_api::{ImageBuild, ImageStatus, Reason, SourceKind, StageState, StageStatus};
 use stagecoach_builder::image_state::ArgSource;
 use stagecoach_builder::run_mounts;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{self, Base, Plan, PlanOptions};
 use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
 use stagecoach_protocol::job::{
-    JOB_VERSION, JobBase, JobOptions, SecretInput, StageInput, StageJob,
+    JOB_VERSION, JobBase, JobOptions, PushJob, PushResult, SecretInput, StageInput, StageJob,
 };
 use stagecoach_protocol::reason::condition_for_exit;
 use stagecoach_protocol::{CacheLayout, LayerRecord, StageResult};
@@ -52,8 +52,25 @@ enum Progress {
     },
 }
 
-/// The build's state after this reconcile: reason, message, stage entries.
-pub(crate) type Verdict = (Reason, String, Vec<StageStatus>);
+/// The build's state after this reconcile.
+#[derive(Debug, Clone)]
+pub(crate) struct Verdict {
+    pub reason: Reason,
+    pub message: String,
+    pub stages: Vec<StageStatus>,
+    pub images: Vec<ImageStatus>,
+}
+
+impl Verdict {
+    fn new(reason: Reason, message: String, stages: Vec<StageStatus>) -> Self {
+        Verdict {
+            reason,
+            message,
+            stages,
+            images: Vec::new(),
+        }
+    }
+}
 
 /// Drives the generation's stage pods; returns its state.
 pub(crate) async fn drive(
@@ -129,7 +146,11 @@ pub(crate) async fn drive(
         }
         let reason = condition_for_exit(*code, result.as_ref().and_then(|r| r.reason));
         let label = plan.stages[i].name.clone().unwrap_or_else(|| i.to_string());
-        return Ok((reason, format!("stage {label}: {message}"), stages));
+        return Ok(Verdict::new(
+            reason,
+            format!("stage {label}: {message}"),
+            stages,
+        ));
     }
 
     if plan
@@ -137,30 +158,10 @@ pub(crate) async fn drive(
         .iter()
         .all(|t| matches!(progress.get(t), Some(Progress::Succeeded(_))))
     {
-        let images = build.spec.image.iter().count()
-            + build
-                .spec
-                .targets
-                .iter()
-                .filter(|t| t.image.is_some())
-                .count();
-        if images > 0 {
-            return Ok((
-                Reason::PushFailed,
-                format!(
-                    "every stage was built, but pushing images is not implemented in this operator version ({images} to push)"
-                ),
-                stages,
-            ));
-        }
-        return Ok((
-            Reason::Succeeded,
-            format!(
-                "built {} stages; no target has an image to push",
-                needed.len()
-            ),
-            stages,
-        ));
+        return push_targets(
+            ctx, build, namespace, &owner, plan, &progress, &current, stages,
+        )
+        .await;
     }
 
     // Start every stage whose inputs are ready.
@@ -242,11 +243,208 @@ pub(crate) async fn drive(
         .values()
         .filter(|p| matches!(p, Progress::Succeeded(_)))
         .count();
-    Ok((
+    Ok(Verdict::new(
         Reason::Building,
         format!("{done} of {} stages built", needed.len()),
         stages,
     ))
+}
+
+/// The targets to push: `(stage, image)` in spec order (`spec.image` for the default target).
+fn targets_to_push(build: &ImageBuild, plan: &Plan) -> Vec<(usize, String)> {
+    let spec = &build.spec;
+    if spec.targets.is_empty() {
+        return match (&spec.image, plan.targets.first()) {
+            (Some(image), Some(&t)) => vec![(t, image.clone())],
+            _ => vec![],
+        };
+    }
+    spec.targets
+        .iter()
+        .filter_map(|t| {
+            let image = t.image.clone()?;
+            let index = plan
+                .stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(t.stage.as_str()))?;
+            Some((index, image))
+        })
+        .collect()
+}
+
+/// Every target has been built: push those with an image, one pod each (the credentials are
+/// mounted there and nowhere else), and succeed when every push is confirmed.
+#[allow(clippy::too_many_arguments)]
+async fn push_targets(
+    ctx: &Context,
+    build: &ImageBuild,
+    namespace: &str,
+    owner: &Owner,
+    plan: &Plan,
+    progress: &BTreeMap<usize, Progress>,
+    current: &BTreeMap<String, Pod>,
+    stages: Vec<StageStatus>,
+) -> Result<Verdict, Error> {
+    let pushes = targets_to_push(build, plan);
+    if pushes.is_empty() {
+        return Ok(Verdict::new(
+            Reason::Succeeded,
+            format!(
+                "built {} stages; no target has an image to push",
+                stages.len()
+            ),
+            stages,
+        ));
+    }
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut images = Vec::new();
+    let mut pending = 0;
+    for (n, (stage, image)) in pushes.iter().enumerate() {
+        let name = owner.push_object(n);
+        let target_label = plan.stages[*stage]
+            .name
+            .clone()
+            .unwrap_or_else(|| stage.to_string());
+        match current.get(&name).map(push_progress) {
+            Some(PushProgress::Pushed(result)) => images.push(ImageStatus {
+                target: target_label,
+                image: image.clone(),
+                digest: result.digest.to_string(),
+                size: i64::try_from(result.size).ok(),
+            }),
+            Some(PushProgress::Failed(message)) => {
+                return Ok(Verdict::new(
+                    Reason::PushFailed,
+                    format!("push of {target_label} to {image}: {message}"),
+                    stages,
+                ));
+            }
+            Some(PushProgress::Running) => pending += 1,
+            None => {
+                pending += 1;
+                let Some(Progress::Succeeded(result)) = progress.get(stage) else {
+                    return Err(Error::Plan(format!("target stage {stage} has no result")));
+                };
+                let (config, config_size) = match (&result.config_digest, result.config_size) {
+                    (Some(d), Some(s)) => (d.clone(), s),
+                    _ => {
+                        return Err(Error::Plan(format!(
+                            "stage {stage}'s result names no config"
+                        )));
+                    }
+                };
+                // The layers the cache lacks are the base image's, which the stage pod ran.
+                let sources = current
+                    .get(&owner.stage_object(root_of(plan, *stage)))
+                    .and_then(|p| p.spec.as_ref())
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.image.clone())
+                    .filter(|i| *i != ctx.settings.operator_image)
+                    .into_iter()
+                    .collect();
+                let job = PushJob {
+                    version: JOB_VERSION,
+                    target: image.clone(),
+                    config,
+                    config_size,
+                    layers: result.layers.clone(),
+                    sources,
+                    cache: CACHE_DIR.into(),
+                    credentials: build
+                        .spec
+                        .push_secret
+                        .as_ref()
+                        .map(|_| std::path::Path::new(pods::REGISTRY_DIR).join("config.json")),
+                    insecure_registries: ctx.settings.insecure_registries.clone(),
+                };
+                let (map, pod) = pods::push_pod(
+                    owner,
+                    n,
+                    &ctx.settings.operator_image,
+                    cache_claim(ctx, build),
+                    &job,
+                    build.spec.push_secret.as_ref().map(|s| s.name.as_str()),
+                );
+                create_or_keep(&maps, &map).await?;
+                match pods_api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => tracing::info!(image = image.as_str(), "push pod created"),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(source) => {
+                        return Err(Error::Apply {
+                            what: "create a push pod".into(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if pending > 0 {
+        return Ok(Verdict::new(
+            Reason::Building,
+            format!(
+                "every stage was built; pushing {pending} of {} images",
+                pushes.len()
+            ),
+            stages,
+        ));
+    }
+    let mut verdict = Verdict::new(
+        Reason::Succeeded,
+        format!(
+            "built {} stages and pushed {} images",
+            stages.len(),
+            images.len()
+        ),
+        stages,
+    );
+    verdict.images = images;
+    Ok(verdict)
+}
+
+/// The root ancestor of a `FROM <stage>` chain.
+fn root_of(plan: &Plan, mut i: usize) -> usize {
+    while let Base::Stage(j) = plan.stages[i].base {
+        i = j;
+    }
+    i
+}
+
+/// How far a push got.
+enum PushProgress {
+    Running,
+    Pushed(PushResult),
+    Failed(String),
+}
+
+fn push_progress(pod: &Pod) -> PushProgress {
+    let terminated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone());
+    match terminated {
+        Some(t) if t.exit_code == 0 => match t
+            .message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<PushResult>(m).ok())
+        {
+            Some(r) => PushProgress::Pushed(r),
+            None => PushProgress::Failed("the push exited 0 without a readable result".into()),
+        },
+        // The message is the log's tail (FallbackToLogsOnError): the push's own error.
+        Some(t) => PushProgress::Failed(
+            t.message
+                .unwrap_or_else(|| format!("exit code {}", t.exit_code)),
+        ),
+        None if pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed") => {
+            PushProgress::Failed("the push pod failed".into())
+        }
+        None => PushProgress::Running,
+    }
 }
 
 fn cache_claim<'c>(ctx: &'c Context, build: &'c ImageBuild) -> &'c str {

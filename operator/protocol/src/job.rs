@@ -194,3 +194,42 @@ impl StageJob {
         Ok(job)
     }
 }
+
+/// One push: a built target's image, assembled from its stage's result and pushed by a pod
+/// that alone holds the registry credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PushJob {
+    /// [`JOB_VERSION`].
+    pub version: u32,
+    /// Where to push (`registry/repository:tag`).
+    pub target: String,
+    /// The image config's digest (the blob is in the cache's content store).
+    pub config: Digest,
+    /// Its size.
+    pub config_size: u64,
+    /// The layers, base layers first.
+    pub layers: Vec<LayerRecord>,
+    /// Base images (pinned) the layers that are not in the cache come from: mounted across
+    /// repositories on the same registry, else copied into the cache first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The cache root.
+    pub cache: PathBuf,
+    /// A Docker `config.json` with the registry credentials, when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// Registries reached over plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
+}
+
+/// What a push reports (its termination message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushResult {
+    /// The manifest digest the registry confirmed.
+    pub digest: Digest,
+    /// Manifest, config and layers together, in bytes.
+    pub size: u64,
+}

@@ -7,6 +7,7 @@ mod controller;
 mod crd;
 mod logging;
 mod plan;
+mod push;
 mod stage;
 
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Run one stage job in place (what a builder pod runs; RUN steps run in this container).
     Stage(stage::StageArgs),
+    /// Push a built target's image (what a push pod runs; it alone holds the credentials).
+    #[command(hide = true)]
+    Push(push::PushArgs),
     /// A builder pod's init step: copy this binary and the build context into place.
     #[command(hide = true)]
     Prepare(stage::PrepareArgs),
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(&args).map_err(|e| (e.to_string(), 1)),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Stage(args) => return ExitCode::from(stage::run(&args)),
+        Command::Push(args) => push::run(&args).map_err(|e| (format!("push: {e}"), 1)),
         Command::Prepare(args) => stage::prepare(&args).map_err(|e| (format!("prepare: {e}"), 1)),
     };
     match result {
