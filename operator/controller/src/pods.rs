@@ -287,28 +287,7 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     ];
 
     // The declared secrets this stage's RUN steps ask for, one Secret volume per Secret.
-    let used_ids: Vec<&str> = input
-        .mounts
-        .iter()
-        .flat_map(|s| s.mounts.iter())
-        .filter_map(|m| match m {
-            MountNeed::Secret { id, .. } => Some(id.as_str()),
-            _ => None,
-        })
-        .collect();
-    let declared: Vec<&BuildSecret> = input
-        .spec
-        .secrets
-        .iter()
-        .filter(|s| used_ids.contains(&s.id.as_str()))
-        .collect();
-    let mut by_secret: BTreeMap<&str, Vec<&BuildSecret>> = BTreeMap::new();
-    for s in &declared {
-        by_secret
-            .entry(s.secret_key_ref.name.as_str())
-            .or_default()
-            .push(s);
-    }
+    let (by_secret, _) = declared_secrets(input.spec, input.mounts);
     for (n, (secret, ids)) in by_secret.iter().enumerate() {
         let volume = format!("secret-{n}");
         volumes.push(json!({"name": volume, "secret": {

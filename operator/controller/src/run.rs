@@ -683,18 +683,10 @@ async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
         .pull_config(&manifest.reference, &manifest.manifest)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let layers = manifest
-        .manifest
-        .layers
-        .iter()
-        .zip(&config.config.rootfs.diff_ids)
-        .map(|(l, diff_id)| LayerRecord {
-            media_type: stagecoach_oci::media_type::to_oci(&l.media_type).to_string(),
-            digest: l.digest.clone(),
-            diff_id: diff_id.clone(),
-            size: l.size,
-        })
-        .collect();
+    let layers =
+        stagecoach_oci::layer_records(&manifest.manifest, &config.config).ok_or_else(|| {
+            err("the manifest's layers and the config's diffIDs differ in number".into())
+        })?;
     Ok(Resolved {
         pinned: manifest.reference.to_string(),
         manifest: manifest.digest.clone(),

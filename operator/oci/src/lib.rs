@@ -38,5 +38,7 @@ pub use compression::Compression;
 pub use config::{ContainerConfig, HealthConfig, History, ImageConfig, RootFs, chain_ids};
 pub use digest::Digest;
 pub use layer::{ApplyOptions, ApplyStats, Change, LayerInfo, LayerOptions, LayerSource};
-pub use manifest::{Descriptor, ImageIndex, ImageManifest, Manifest, Platform, parse_manifest};
+pub use manifest::{
+    Descriptor, ImageIndex, ImageManifest, Manifest, Platform, layer_records, parse_manifest,
+};
 pub use store::{BlobInfo, ContentStore};

@@ -112,6 +112,31 @@ pub struct Descriptor {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// The layer records of an image: its manifest's layers paired with its config's diffIDs,
+/// media types made OCI's (the blobs are the same bytes), so a manifest assembled from them
+/// is uniformly OCI. `None` when the two lists differ in length.
+pub fn layer_records(
+    manifest: &ImageManifest,
+    config: &crate::ImageConfig,
+) -> Option<Vec<stagecoach_protocol::LayerRecord>> {
+    if manifest.layers.len() != config.rootfs.diff_ids.len() {
+        return None;
+    }
+    Some(
+        manifest
+            .layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(layer, diff_id)| stagecoach_protocol::LayerRecord {
+                media_type: crate::media_type::to_oci(&layer.media_type).to_string(),
+                digest: layer.digest.clone(),
+                diff_id: diff_id.clone(),
+                size: layer.size,
+            })
+            .collect(),
+    )
+}
+
 impl From<&stagecoach_protocol::LayerRecord> for Descriptor {
     fn from(layer: &stagecoach_protocol::LayerRecord) -> Self {
         Descriptor::new(&layer.media_type, layer.digest.clone(), layer.size)

@@ -649,17 +649,8 @@ fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
         serde_json::from_slice(&store.read_to_vec(&manifest_digest, 1 << 20).unwrap()).unwrap();
     let config_bytes = store.read_to_vec(&manifest.config.digest, 1 << 20).unwrap();
     let base_config = ImageConfig::from_json(&config_bytes).unwrap();
-    let base_layers: Vec<LayerRecord> = manifest
-        .layers
-        .iter()
-        .zip(&base_config.rootfs.diff_ids)
-        .map(|(l, diff_id)| LayerRecord {
-            media_type: stagecoach_oci::media_type::to_oci(&l.media_type).to_string(),
-            digest: l.digest.clone(),
-            diff_id: diff_id.clone(),
-            size: l.size,
-        })
-        .collect();
+    let base_layers: Vec<LayerRecord> =
+        stagecoach_oci::layer_records(&manifest, &base_config).unwrap();
     // Each pod's root is the image, unpacked, plus the test binary's libraries.
     let image_root = |root: &Path| {
         for l in &base_layers {

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use stagecoach_builder::local::{Pulled, PulledImage};
 use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
-use stagecoach_oci::{ContentStore, ImageConfig, media_type};
-use stagecoach_protocol::LayerRecord;
+use stagecoach_oci::ContentStore;
 
 use super::BuildError;
 
@@ -79,11 +78,16 @@ pub fn pull_all(
             pulled.manifest.digest,
             elapsed.as_secs_f64()
         ));
-        let layers = layer_records(
-            &pulled.config.config,
-            &pulled.manifest.manifest.layers,
-            text,
-        )?;
+        let (manifest, config) = (&pulled.manifest.manifest, &pulled.config.config);
+        let layers =
+            stagecoach_oci::layer_records(manifest, config).ok_or_else(|| BuildError::Pull {
+                image: text.clone(),
+                message: format!(
+                    "the manifest lists {} layers but the config {} diffIDs",
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            })?;
         pinned.push(pulled.manifest.reference.clone());
         out.insert(
             text.clone(),
@@ -96,33 +100,4 @@ pub fn pull_all(
         );
     }
     Ok((out, pinned))
-}
-
-/// Pairs the manifest's layers with the config's diffIDs; layer media types become OCI's
-/// (the blobs are the same bytes) so the built image's manifest is uniformly OCI.
-fn layer_records(
-    config: &ImageConfig,
-    layers: &[stagecoach_oci::Descriptor],
-    text: &str,
-) -> Result<Vec<LayerRecord>, BuildError> {
-    if layers.len() != config.rootfs.diff_ids.len() {
-        return Err(BuildError::Pull {
-            image: text.to_string(),
-            message: format!(
-                "the manifest lists {} layers but the config {} diffIDs",
-                layers.len(),
-                config.rootfs.diff_ids.len()
-            ),
-        });
-    }
-    Ok(layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(layer, diff_id)| LayerRecord {
-            media_type: media_type::to_oci(&layer.media_type).to_string(),
-            digest: layer.digest.clone(),
-            diff_id: diff_id.clone(),
-            size: layer.size,
-        })
-        .collect())
 }
