@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use stagecoach_builder::local::{Pulled, PulledImage};
-use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
 use stagecoach_oci::ContentStore;
+use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
 
 use super::BuildError;
 
