@@ -434,9 +434,14 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         pod_spec["serviceAccountName"] = json!(account);
     }
     let mut metadata = meta(owner, &name, Some(input.index));
-    if let Some(labels) = metadata.labels.as_mut() {
-        labels.insert("stagecoach.dev/stage-name".into(), input.label.to_string());
-    }
+    // An annotation, not a label: a Dockerfile's stage name need not be a valid label value.
+    metadata.annotations = Some(
+        [(
+            "stagecoach.dev/stage-name".to_string(),
+            input.label.to_string(),
+        )]
+        .into(),
+    );
     let pod = Pod {
         metadata,
         spec: serde_json::from_value(pod_spec).ok(),
