@@ -77,6 +77,7 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Context {
     client: Client,
+    recorder: kube::runtime::events::Recorder,
     settings: Settings,
     /// Consecutive transient failures per ImageBuild, for the backoff.
     failures: Arc<Mutex<HashMap<ObjectRef<ImageBuild>, u32>>>,
@@ -193,7 +194,12 @@ pub async fn run(
         .list(&ListParams::default().limit(1))
         .await
         .map_err(RunError::Crd)?;
+    let reporter = kube::runtime::events::Reporter {
+        controller: FIELD_MANAGER.to_string(),
+        instance: std::env::var("HOSTNAME").ok(),
+    };
     let context = Arc::new(Context {
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         client,
         settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
@@ -299,6 +305,18 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             .await
             .map_err(Error::Status)?;
         tracing::info!(reason = reason.as_str(), generation, "status written");
+        let changed = previous.and_then(|p| {
+            p.succeeded()
+                .map(|c| (c.reason.clone(), c.observed_generation))
+        }) != Some((reason.as_str().to_string(), Some(generation)));
+        if changed {
+            let kind = if reason.status() == stagecoach_api::ConditionStatus::False {
+                kube::runtime::events::EventType::Warning
+            } else {
+                kube::runtime::events::EventType::Normal
+            };
+            publish(&ctx, &build, kind, reason.as_str(), &message).await;
+        }
     }
     if let Some(wait) = retry_after {
         return Ok(Action::requeue(wait));
@@ -320,6 +338,35 @@ fn backoff(ctx: &Context, build: &ImageBuild) -> Duration {
         Err(_) => 1,
     };
     Duration::from_secs(1u64 << attempts.min(9)).min(MAX_BACKOFF)
+}
+
+/// Publishes an event about `build`; a failure to publish is logged, never fatal.
+pub(crate) async fn publish(
+    ctx: &Context,
+    build: &ImageBuild,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: &str,
+) {
+    let mut note = note.to_string();
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Build".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(build, &());
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
+    }
 }
 
 /// Transient failures back off per object: 2 s, 4 s, 8 s … up to five minutes.

@@ -223,11 +223,21 @@ pub(crate) async fn drive(
             .map_err(|e| Error::Plan(e.to_string()))?;
             create_or_keep(&maps, &map).await?;
             match pods_api.create(&PostParams::default(), &pod).await {
-                Ok(_) => tracing::info!(
-                    stage = label.as_str(),
-                    pod = pod.name_any().as_str(),
-                    "stage pod created"
-                ),
+                Ok(_) => {
+                    tracing::info!(
+                        stage = label.as_str(),
+                        pod = pod.name_any().as_str(),
+                        "stage pod created"
+                    );
+                    crate::publish(
+                        ctx,
+                        build,
+                        kube::runtime::events::EventType::Normal,
+                        "StageStarted",
+                        &format!("stage {label}: pod {}", pod.name_any()),
+                    )
+                    .await;
+                }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(api_err("create a stage pod")(e)),
             }
@@ -368,7 +378,17 @@ async fn push_targets(
                 );
                 create_or_keep(&maps, &map).await?;
                 match pods_api.create(&PostParams::default(), &pod).await {
-                    Ok(_) => tracing::info!(image = image.as_str(), "push pod created"),
+                    Ok(_) => {
+                        tracing::info!(image = image.as_str(), "push pod created");
+                        crate::publish(
+                            ctx,
+                            build,
+                            kube::runtime::events::EventType::Normal,
+                            "Pushing",
+                            &format!("{target_label} to {image}: pod {}", pod.name_any()),
+                        )
+                        .await;
+                    }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(source) => {
                         return Err(Error::Apply {
