@@ -526,6 +526,11 @@ async fn ensure_context(
 
 /// What a pod says about its stage.
 fn pod_progress(pod: &Pod) -> Progress {
+    // A pod on its way out (deleted by someone, or evicted) says nothing about its stage:
+    // wait until it is gone, then the stage gets a new pod.
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Progress::Running;
+    }
     let status = pod.status.clone().unwrap_or_default();
     let terminated = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
         statuses
