@@ -27,6 +27,11 @@ pub const MAX_STAGE_NAME: u32 = 63;
 /// per stage, so the `targets` list-map cannot hold the same stage twice.
 pub const STAGE_NAME: &str = r"^[a-z][a-z0-9._-]*$";
 
+/// A stage as the status names it: its lower-case name, or its index in decimal when the
+/// Dockerfile does not name it (`spec.image` pushes the last stage, named or not). Names
+/// start with a letter, so the two never clash.
+pub const STATUS_STAGE: &str = r"^([a-z][a-z0-9._-]*|[0-9]+)$";
+
 /// Longest path inside the build context (`spec.dockerfile`, `source.git.subPath`).
 pub const MAX_CONTEXT_PATH: u32 = 1024;
 

@@ -188,8 +188,9 @@ impl std::fmt::Display for StageState {
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageStatus {
-    /// The target's stage name.
-    #[schemars(length(min = 1, max = bounds::MAX_STAGE_NAME), pattern(bounds::STAGE_NAME))]
+    /// The target's stage name, or its index as a decimal number when the Dockerfile does not
+    /// name it (spec.image pushes the last stage, named or not). At most 63 characters.
+    #[schemars(length(min = 1, max = bounds::MAX_STAGE_NAME), pattern(bounds::STATUS_STAGE))]
     pub target: String,
 
     /// The reference the image was pushed to, as given in the spec.

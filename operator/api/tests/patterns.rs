@@ -187,3 +187,13 @@ fn build_secret_ids_and_keys() {
         &["", "a/b", "a b", "key:1"],
     );
 }
+
+#[test]
+fn status_stage() {
+    check(
+        "STATUS_STAGE",
+        bounds::STATUS_STAGE,
+        &["prod", "build-env", "0", "12"],
+        &["", "Prod", "1st", "-x", "a b", "3a"],
+    );
+}
