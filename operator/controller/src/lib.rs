@@ -78,6 +78,9 @@ impl Default for Settings {
 pub struct Context {
     client: Client,
     recorder: kube::runtime::events::Recorder,
+    /// Resolves base images (anonymous; `--insecure-registry` over plain HTTP). One for the
+    /// controller, so its connections and tokens are reused across reconciles.
+    registry: Arc<stagecoach_oci::registry::RegistryClient>,
     settings: Settings,
     /// Consecutive transient failures per ImageBuild, for the backoff.
     failures: Arc<Mutex<HashMap<ObjectRef<ImageBuild>, u32>>>,
@@ -200,6 +203,13 @@ pub async fn run(
     };
     let context = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
+        registry: Arc::new(stagecoach_oci::registry::RegistryClient::new(
+            stagecoach_oci::registry::Credentials::anonymous(),
+            stagecoach_oci::registry::ClientOptions {
+                insecure_registries: settings.insecure_registries.clone(),
+                ..stagecoach_oci::registry::ClientOptions::default()
+            },
+        )),
         client,
         settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
@@ -348,14 +358,8 @@ pub(crate) async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let mut note = note.to_string();
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
+    // The API's bound on an event's note.
+    let note = status::truncate(note, 1000);
     let event = kube::runtime::events::Event {
         type_,
         reason: reason.to_string(),

@@ -17,7 +17,7 @@ use stagecoach_builder::image_state::ArgSource;
 use stagecoach_builder::run_mounts;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{self, Base, Plan, PlanOptions};
-use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
+use stagecoach_oci::registry::ImageRef;
 use stagecoach_protocol::job::{
     JOB_VERSION, JobBase, JobOptions, PushJob, PushResult, SecretInput, StageInput, StageJob,
 };
@@ -649,7 +649,7 @@ fn stage_entries(
                 Some(Progress::Failed { message, .. }) => (
                     StageState::Failed,
                     None,
-                    Some(truncate(
+                    Some(crate::status::truncate(
                         message,
                         stagecoach_api::bounds::MAX_STAGE_MESSAGE as usize,
                     )),
@@ -674,17 +674,6 @@ fn stage_entries(
         .collect()
 }
 
-fn truncate(s: &str, limit: usize) -> String {
-    if s.len() <= limit {
-        return s.to_string();
-    }
-    let mut cut = limit;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s[..cut].to_string()
-}
-
 /// Resolves an image reference to its manifest, config and layers (anonymous pulls; the
 /// registries in `--insecure-registry` over plain HTTP).
 async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
@@ -693,13 +682,7 @@ async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
         message,
     };
     let parsed = ImageRef::parse(reference).map_err(|e| err(e.to_string()))?;
-    let client = RegistryClient::new(
-        Credentials::anonymous(),
-        ClientOptions {
-            insecure_registries: ctx.settings.insecure_registries.clone(),
-            ..ClientOptions::default()
-        },
-    );
+    let client = &ctx.registry;
     let manifest = client
         .pull_manifest(&parsed)
         .await

@@ -71,7 +71,7 @@ pub fn with_reason(
 }
 
 /// At most `limit` bytes, cut on a character boundary with a note that it was cut.
-fn truncate(message: &str, limit: usize) -> String {
+pub(crate) fn truncate(message: &str, limit: usize) -> String {
     if message.len() <= limit {
         return message.to_string();
     }
