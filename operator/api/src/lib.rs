@@ -20,5 +20,5 @@ pub use spec::{
     ImageBuild, ImageBuildSpec, InlineSource, SecretKeyReference, SecretReference, Source,
     SourceError, SourceKind, Target,
 };
-pub use status::{ImageBuildStatus, ImageStatus, StageState, StageStatus};
+pub use status::{ImageBuildStatus, ImageStatus, SourceStatus, StageState, StageStatus};
 pub use timeout::{InvalidTimeout, parse_timeout};

@@ -257,6 +257,12 @@ pub struct GitSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::MAX_CONTEXT_PATH), pattern(bounds::SUB_PATH))]
     pub sub_path: Option<String>,
+
+    /// Credentials for an http(s) repository: a Secret in the ImageBuild's namespace with the
+    /// keys username and password (type kubernetes.io/basic-auth). Only the pod that fetches
+    /// the source mounts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
 }
 
 /// A build context written in the ImageBuild itself.

@@ -57,6 +57,22 @@ pub struct ImageBuildStatus {
     #[schemars(length(max = bounds::MAX_TARGETS))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["target".into()]))]
     pub images: Vec<ImageStatus>,
+
+    /// What the source resolved to for the observed generation: for a git source, the commit
+    /// that was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceStatus>,
+}
+
+/// The source of a build as it was fetched.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The git commit that was checked out and built (40 hex digits), resolved from
+    /// spec.source.git.revision when the build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 40, max = 64), pattern(r"^[0-9a-f]+$"))]
+    pub commit: Option<String>,
 }
 
 impl ImageBuildStatus {

@@ -300,6 +300,9 @@ fn full_status_round_trips_and_fits_the_schema() {
             digest: format!("sha256:{}", "ab".repeat(32)),
             size: Some(1_234_567),
         }],
+        source: Some(stagecoach_api::SourceStatus {
+            commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        }),
     };
     assert_eq!(status.stages_summary.as_deref(), Some("2/3"));
     assert_eq!(

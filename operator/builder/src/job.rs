@@ -327,6 +327,15 @@ fn base_image(store: &ContentStore, base: &JobBase) -> Result<BaseImage, JobErro
             let bytes = store
                 .read_to_vec(config, 16 << 20)
                 .map_err(|e| err(e.to_string()))?;
+            // The digest came from another pod's result, which a RUN there could have
+            // forged: the bytes must be what it names (layers are checked by diffID as
+            // they are applied).
+            let actual = Digest::of_bytes(&bytes);
+            if actual != *config {
+                return Err(err(format!(
+                    "the cache holds bytes of digest {actual} under that name"
+                )));
+            }
             let parsed = ImageConfig::from_json(&bytes).map_err(|e| err(e.to_string()))?;
             Ok(BaseImage {
                 config: Some(parsed),
@@ -372,4 +381,32 @@ pub fn protected_paths(root: &Path) -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_parent_config_whose_bytes_differ_from_its_digest_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ContentStore::open(dir.path()).unwrap();
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
+        let info = store.put_bytes(config).unwrap();
+        let base = JobBase::Stage {
+            index: 0,
+            config: info.digest.clone(),
+            layers: vec![],
+        };
+        assert!(base_image(&store, &base).is_ok());
+        // What a RUN with the cache volume in reach could do: rewrite a blob in place.
+        let path = dir.path().join("blobs/sha256").join(info.digest.hex());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&path, br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{"User":"0"}}"#).unwrap();
+        let err = base_image(&store, &base).err().unwrap();
+        assert_eq!(err.reason(), StageReason::StoreFailed);
+        assert!(err.to_string().contains("bytes of digest"), "{err}");
+    }
 }

@@ -5,17 +5,18 @@
 //! [`status`]). Each step has its own error, whose stable reason is the condition reason,
 //! the event reason and the metric label.
 //!
-//! What this version does: it validates every generation of every ImageBuild and reports
-//! the verdict in the `Succeeded` condition. A spec error (a Dockerfile that does not parse,
-//! an unknown target, a missing Secret, ConfigMap, key or claim, an image reference that does
-//! not parse, a RUN mount no pod can provide) fails the generation at once with its reason,
-//! creates nothing and is not retried until the spec changes. A valid spec gets the
-//! namespace's cache claim (created once, owned by no build, when the spec names none) and
-//! stays `Pending` with its needed stages listed: builder pods (the plan and apply steps)
-//! come next (docs/architecture.md, "The operator").
+//! What a reconcile does: a spec error (a Dockerfile that does not parse, an unknown target,
+//! a missing Secret, ConfigMap, key or claim, an image reference that does not parse, a RUN
+//! mount no pod can provide) fails the generation at once with its reason, creates nothing
+//! and is not retried until the spec changes. A valid spec gets the cleanup finalizer
+//! ([`finalize`]) and the namespace's cache claim, a git source is fetched by a pod
+//! ([`source`]), and then the stage pods, retries and pushes run ([`run`]) until the build
+//! succeeds, fails or times out (docs/architecture.md, "The operator").
 
+mod finalize;
 pub mod pods;
 mod run;
+mod source;
 pub mod status;
 pub mod validate;
 
@@ -58,6 +59,11 @@ pub struct Settings {
     pub operator_image: String,
     /// Registries reached over plain HTTP when resolving base images.
     pub insecure_registries: Vec<String>,
+    /// At most this many stage pods of one build run at once.
+    pub max_parallel_pods: usize,
+    /// How long a finished build's pods stay (`None`: until the next generation or the
+    /// build's deletion).
+    pub pod_retention: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -69,6 +75,8 @@ impl Default for Settings {
             cache_access_mode: "ReadWriteOnce".into(),
             operator_image: String::new(),
             insecure_registries: Vec::new(),
+            max_parallel_pods: 8,
+            pod_retention: Some(Duration::from_secs(24 * 3600)),
         }
     }
 }
@@ -84,7 +92,15 @@ pub struct Context {
     settings: Settings,
     /// Consecutive transient failures per ImageBuild, for the backoff.
     failures: Arc<Mutex<HashMap<ObjectRef<ImageBuild>, u32>>>,
+    /// Fetched git sources by build uid and generation: the commit and the Dockerfile (read
+    /// once from the fetch pod's log).
+    sources: Arc<Mutex<HashMap<BuildGeneration, FetchedSource>>>,
 }
+
+/// A build's uid and generation.
+type BuildGeneration = (String, i64);
+/// A fetched git source: the commit and the Dockerfile's text.
+type FetchedSource = (String, String);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,6 +229,7 @@ pub async fn run(
         client,
         settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
+        sources: Arc::new(Mutex::new(HashMap::new())),
     });
     tracing::info!(
         namespace = namespace.unwrap_or("*"),
@@ -242,6 +259,9 @@ pub async fn run(
 #[tracing::instrument(skip_all, fields(build = %format!("{}/{}", build.namespace().unwrap_or_default(), build.name_any())))]
 async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = build.namespace().ok_or(Error::NoNamespace)?;
+    if build.metadata.deletion_timestamp.is_some() {
+        return finalize::cleanup(&ctx, &build, &namespace).await;
+    }
     let generation = build.metadata.generation.unwrap_or(0);
     let previous = build.status.as_ref();
     // A verdict for this generation is final: nothing changes until the spec does.
@@ -251,22 +271,58 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             .succeeded()
             .is_some_and(|c| c.status != stagecoach_api::ConditionStatus::Unknown.as_str())
     {
-        return Ok(Action::await_change());
+        return run::expire_pods(&ctx, &build, &namespace).await;
     }
     let fetched = fetch(&ctx.client, &build, &namespace).await?;
     let mut retry_after = None;
     let mut images = Vec::new();
+    let mut source = None;
     let (reason, message, stages) = match validate(&build.spec, &fetched) {
         Err(e) => (e.reason(), e.to_string(), Vec::new()),
         Ok(v) => {
+            // Before the first pod: every build that may write to the cache has it.
+            finalize::ensure(&ctx, &build, &namespace).await?;
             if build.spec.cache.is_none() {
                 ensure_cache_claim(&ctx, &namespace).await?;
             }
-            match (&v.plan, &v.dockerfile) {
-                (Some(plan), Some(text)) => {
-                    match run::drive(&ctx, &build, &namespace, text, plan).await {
+            let owner = pods::Owner::of(&build);
+            let current = run::current_pods(&ctx, &namespace, &owner).await?;
+            // The Dockerfile: known now, or once the git source is fetched.
+            let known = match (v.plan, v.dockerfile, build.spec.source.kind()) {
+                (Some(plan), Some(text), _) => Ok((plan, text)),
+                (_, _, Ok(SourceKind::Git(git))) => {
+                    match source::drive(&ctx, &build, &namespace, git, &current).await? {
+                        source::FetchState::Running => Err((
+                            Reason::Building,
+                            format!(
+                                "fetching {} at {}",
+                                git.url,
+                                git.revision.as_deref().unwrap_or("the default branch")
+                            ),
+                        )),
+                        source::FetchState::Failed(reason, message) => Err((reason, message)),
+                        source::FetchState::Fetched { commit, dockerfile } => {
+                            source = Some(stagecoach_api::SourceStatus {
+                                commit: Some(commit.clone()),
+                            });
+                            validate::plan_dockerfile(&build.spec, &dockerfile)
+                                .map(|plan| (plan, dockerfile))
+                                .map_err(|e| (e.reason(), format!("{e} (at commit {commit})")))
+                        }
+                    }
+                }
+                _ => Err((
+                    Reason::InvalidSpec,
+                    "the source names no Dockerfile".to_string(),
+                )),
+            };
+            match known {
+                Err((reason, message)) => (reason, message, Vec::new()),
+                Ok((plan, text)) => {
+                    match run::drive(&ctx, &build, &namespace, &text, &plan, &current).await {
                         Ok(verdict) => {
                             images = verdict.images;
+                            retry_after = verdict.requeue;
                             (verdict.reason, verdict.message, verdict.stages)
                         }
                         // The registry may come back: say so, and retry with backoff.
@@ -275,32 +331,20 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                             (
                                 Reason::Pending,
                                 format!("{e}; retrying"),
-                                status::pending_stages(plan),
+                                status::pending_stages(&plan),
                             )
                         }
                         Err(e) => return Err(e),
                     }
                 }
-                _ => (
-                    Reason::Pending,
-                    "the spec is valid; this operator version does not fetch git sources yet"
-                        .to_string(),
-                    Vec::new(),
-                ),
             }
         }
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let mut status = status::with_reason(previous, generation, reason, &message, stages, now);
     status.images = images;
-    let unchanged = previous.is_some_and(|p| {
-        p.observed_generation == status.observed_generation
-            && p.succeeded().map(|c| (&c.status, &c.reason, &c.message))
-                == status
-                    .succeeded()
-                    .map(|c| (&c.status, &c.reason, &c.message))
-    });
-    if !unchanged {
+    status.source = source;
+    if status::differs(previous, &status) {
         let patch = serde_json::json!({
             "apiVersion": "stagecoach.dev/v1alpha1",
             "kind": "ImageBuild",
@@ -327,6 +371,9 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             };
             publish(&ctx, &build, kind, reason.as_str(), &message).await;
         }
+    }
+    if reason.status() != stagecoach_api::ConditionStatus::Unknown {
+        retry_after = None;
     }
     if let Some(wait) = retry_after {
         return Ok(Action::requeue(wait));
@@ -450,9 +497,14 @@ async fn fetch(client: &Client, build: &ImageBuild, namespace: &str) -> Result<F
             .map(|cm| cm.data.unwrap_or_default());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let git_secret = match spec.source.kind() {
+        Ok(SourceKind::Git(git)) => git.secret_ref.clone(),
+        _ => None,
+    };
     let names = spec
         .push_secret
         .iter()
+        .chain(git_secret.iter())
         .map(|s| s.name.clone())
         .chain(spec.secrets.iter().map(|s| s.secret_key_ref.name.clone()));
     for name in names {

@@ -33,6 +33,8 @@ pub const SECRETS_DIR: &str = "/.stagecoach/secrets";
 pub const CACHE_DIR: &str = "/cache";
 /// Where a push pod sees the registry credentials (`config.json`).
 pub const REGISTRY_DIR: &str = "/.stagecoach/registry";
+/// Where a fetch pod sees the git credentials (`username`, `password`).
+pub const GIT_CREDENTIALS_DIR: &str = "/.stagecoach/git";
 
 /// Labels every object of a build carries.
 pub const LABEL_BUILD: &str = "stagecoach.dev/build";
@@ -40,6 +42,10 @@ pub const LABEL_BUILD: &str = "stagecoach.dev/build";
 pub const LABEL_GENERATION: &str = "stagecoach.dev/generation";
 /// The stage-index label.
 pub const LABEL_STAGE: &str = "stagecoach.dev/stage";
+/// Which try of its stage a stage pod is.
+pub const LABEL_ATTEMPT: &str = "stagecoach.dev/attempt";
+/// What a pod that runs no stage does (`fetch`, `cleanup`).
+pub const LABEL_COMPONENT: &str = "stagecoach.dev/component";
 
 /// The build an object belongs to.
 #[derive(Debug, Clone)]
@@ -53,6 +59,16 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The build being reconciled, at its current generation.
+    pub fn of(build: &stagecoach_api::ImageBuild) -> Self {
+        use kube::ResourceExt as _;
+        Owner {
+            name: build.name_any(),
+            uid: build.uid().unwrap_or_default(),
+            generation: build.metadata.generation.unwrap_or(0),
+        }
+    }
+
     fn reference(&self) -> OwnerReference {
         OwnerReference {
             api_version: "stagecoach.dev/v1alpha1".into(),
@@ -82,9 +98,28 @@ impl Owner {
         format!("{}-g{}-s{index}", self.name, self.generation)
     }
 
+    /// The pod of stage `index`'s try `attempt` (the first try is [`Owner::stage_object`];
+    /// all share its job ConfigMap).
+    pub fn stage_attempt(&self, index: usize, attempt: u32) -> String {
+        match attempt {
+            0 => self.stage_object(index),
+            n => format!("{}-r{n}", self.stage_object(index)),
+        }
+    }
+
     /// The pod (and job ConfigMap) of push `n`.
     pub fn push_object(&self, n: usize) -> String {
         format!("{}-g{}-push{n}", self.name, self.generation)
+    }
+
+    /// The pod (and job ConfigMap) that fetches a git source for this generation.
+    pub fn fetch_object(&self) -> String {
+        format!("{}-g{}-fetch", self.name, self.generation)
+    }
+
+    /// The pod that removes the build's directory from the cache when the build is deleted.
+    pub fn cleanup_object(&self) -> String {
+        format!("{}-cleanup", self.name)
     }
 
     /// The ConfigMap holding an inline source's files for this generation.
@@ -105,6 +140,9 @@ pub enum ContextSource {
     },
     /// The user's ConfigMap: every key is a file at the context root.
     ConfigMap(String),
+    /// A directory of the cache volume (a fetched git source), relative to its root: the
+    /// stage container mounts it read-only, nothing is copied.
+    Cache(String),
 }
 
 /// Why a stage's pod cannot be made.
@@ -195,6 +233,11 @@ pub struct StagePod<'a> {
     /// For `RUN --mount=from=<stage>` binds: the producing stage's export directory,
     /// relative to the cache volume, by stage name or index as written.
     pub stage_exports: &'a BTreeMap<String, String>,
+    /// Which try this is (0 first; a retry after an infrastructure failure gets a new pod,
+    /// so the failed one's log stays).
+    pub attempt: u32,
+    /// What is left of the build's timeout, in seconds (`activeDeadlineSeconds`).
+    pub deadline_seconds: Option<i64>,
 }
 
 /// Declared build secrets by the Secret that holds them.
@@ -250,42 +293,69 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     let mut volumes = vec![
         json!({"name": "cache", "persistentVolumeClaim": {"claimName": input.cache_claim}}),
         json!({"name": "bin", "emptyDir": {}}),
-        json!({"name": "context", "emptyDir": {}}),
         json!({"name": "spec", "configMap": {"name": name}}),
     ];
-    let mut init_mounts = vec![
-        json!({"name": "bin", "mountPath": BIN_DIR}),
-        json!({"name": "context", "mountPath": CONTEXT_DIR}),
-    ];
+    let mut init_mounts = vec![json!({"name": "bin", "mountPath": BIN_DIR})];
     let mut prepare = vec![
         "/stagecoach".to_string(),
         "prepare".into(),
         "--binary-to".into(),
         BIN_DIR.into(),
-        "--context-to".into(),
-        CONTEXT_DIR.into(),
     ];
-    if let Some(source) = input.context {
-        let volume = match source {
-            ContextSource::Inline { name, items } => json!({"name": "source", "configMap": {
+    // The context: read-only where it already is on the cache volume, else a plain copy the
+    // init container makes (a projected ConfigMap is a tree of symlinks).
+    let cache_context = match input.context {
+        Some(ContextSource::Cache(dir)) => Some(dir.as_str()),
+        _ => None,
+    };
+    if cache_context.is_none() {
+        volumes.push(json!({"name": "context", "emptyDir": {}}));
+        init_mounts.push(json!({"name": "context", "mountPath": CONTEXT_DIR}));
+        prepare.extend(["--context-to".to_string(), CONTEXT_DIR.to_string()]);
+    }
+    let source_volume = match input.context {
+        Some(ContextSource::Inline { name, items }) => {
+            Some(json!({"name": "source", "configMap": {
                 "name": name,
                 "items": items.iter().map(|(k, p)| json!({"key": k, "path": p})).collect::<Vec<_>>(),
-            }}),
-            ContextSource::ConfigMap(name) => {
-                json!({"name": "source", "configMap": {"name": name}})
-            }
-        };
+            }}))
+        }
+        Some(ContextSource::ConfigMap(name)) => {
+            Some(json!({"name": "source", "configMap": {"name": name}}))
+        }
+        Some(ContextSource::Cache(_)) | None => None,
+    };
+    if let Some(volume) = source_volume {
         volumes.push(volume);
         init_mounts.push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
         prepare.extend(["--context-from".to_string(), SOURCE_DIR.to_string()]);
     }
+    // A read-only mount of the context, or of `sub` in it.
+    let context_mount = |target: &str, sub: &str| -> Value {
+        match cache_context {
+            Some(dir) => {
+                let path = if sub.is_empty() {
+                    dir.to_string()
+                } else {
+                    format!("{dir}/{sub}")
+                };
+                json!({"name": "cache", "mountPath": target, "subPath": path, "readOnly": true})
+            }
+            None => {
+                let mut m = json!({"name": "context", "mountPath": target, "readOnly": true});
+                if !sub.is_empty() {
+                    m["subPath"] = json!(sub);
+                }
+                m
+            }
+        }
+    };
     let mut mounts = vec![
         json!({"name": "cache", "mountPath": CACHE_DIR}),
         json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": true}),
-        json!({"name": "context", "mountPath": CONTEXT_DIR, "readOnly": true}),
+        context_mount(CONTEXT_DIR, ""),
         json!({"name": "spec", "mountPath": SPEC_DIR, "readOnly": true}),
     ];
-
     // The declared secrets this stage's RUN steps ask for, one Secret volume per Secret.
     let (by_secret, _) = declared_secrets(input.spec, input.mounts);
     for (n, (secret, ids)) in by_secret.iter().enumerate() {
@@ -345,14 +415,10 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
                     source,
                     target,
                     ..
-                } => {
-                    let sub = clean_sub_path(source);
-                    let mut m = json!({"name": "context", "mountPath": target, "readOnly": true});
-                    if !sub.is_empty() {
-                        m["subPath"] = json!(sub);
-                    }
-                    (target.clone(), m)
-                }
+                } => (
+                    target.clone(),
+                    context_mount(target, &clean_sub_path(source)),
+                ),
                 MountNeed::Bind {
                     from: Some(from),
                     source,
@@ -433,7 +499,17 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     if let Some(account) = &input.spec.service_account_name {
         pod_spec["serviceAccountName"] = json!(account);
     }
-    let mut metadata = meta(owner, &name, Some(input.index));
+    if let Some(seconds) = input.deadline_seconds {
+        pod_spec["activeDeadlineSeconds"] = json!(seconds.max(1));
+    }
+    let mut metadata = meta(
+        owner,
+        &input.owner.stage_attempt(input.index, input.attempt),
+        Some(input.index),
+    );
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(LABEL_ATTEMPT.into(), input.attempt.to_string());
+    }
     // An annotation, not a label: a Dockerfile's stage name need not be a valid label value.
     metadata.annotations = Some(
         [(
@@ -457,19 +533,63 @@ fn clean_sub_path(source: &str) -> String {
         .to_string()
 }
 
-/// The job ConfigMap and the pod of push `n`: the operator image, the cache volume, and the
-/// push secret (mounted here and nowhere else), running `stagecoach push`.
-pub fn push_pod(
-    owner: &Owner,
-    n: usize,
-    operator_image: &str,
-    cache_claim: &str,
-    job: &stagecoach_protocol::job::PushJob,
-    push_secret: Option<&str>,
-) -> (ConfigMap, Pod) {
-    let name = owner.push_object(n);
-    let job_map = ConfigMap {
-        metadata: meta(owner, &name, None),
+/// A pod in the operator image that works on the cache volume and runs no user code: a
+/// push, a source fetch, a cleanup. Its one container is uid 0 (the stage pods wrote the
+/// cache's files as root) without any capability, on a read-only root filesystem.
+struct ToolPod<'a> {
+    name: &'a str,
+    container: &'a str,
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    operator_image: &'a str,
+    cache_claim: &'a str,
+    args: Vec<String>,
+    /// Extra `(volume, mount)` pairs: a job ConfigMap, credentials.
+    extra: Vec<(Value, Value)>,
+}
+
+fn tool_pod(input: ToolPod<'_>) -> Pod {
+    let mut volumes =
+        vec![json!({"name": "cache", "persistentVolumeClaim": {"claimName": input.cache_claim}})];
+    let mut mounts = vec![json!({"name": "cache", "mountPath": CACHE_DIR})];
+    for (volume, mount) in input.extra {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
+    let mut command = vec!["/stagecoach".to_string()];
+    command.extend(input.args);
+    let pod_spec = json!({
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": input.container,
+            "image": input.operator_image,
+            "command": command,
+            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "volumeMounts": mounts,
+        }],
+        "volumes": volumes,
+    });
+    let mut metadata = input.metadata;
+    metadata.name = Some(input.name.to_string());
+    Pod {
+        metadata,
+        spec: serde_json::from_value(pod_spec).ok(),
+        ..Pod::default()
+    }
+}
+
+/// A job as a ConfigMap (`job.json`), and the volume and mount that show it to the pod.
+fn job_config_map(
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    job: &impl serde::Serialize,
+) -> (ConfigMap, (Value, Value)) {
+    let name = metadata.name.clone().unwrap_or_default();
+    let map = ConfigMap {
+        metadata,
         data: Some(
             [(
                 "job.json".to_string(),
@@ -479,47 +599,115 @@ pub fn push_pod(
         ),
         ..ConfigMap::default()
     };
-    let mut volumes = vec![
-        json!({"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}}),
-        json!({"name": "spec", "configMap": {"name": name}}),
-    ];
-    let mut mounts = vec![
-        json!({"name": "cache", "mountPath": CACHE_DIR}),
-        json!({"name": "spec", "mountPath": SPEC_DIR, "readOnly": true}),
-    ];
+    let volume = json!({"name": "spec", "configMap": {"name": name}});
+    let mount = json!({"name": "spec", "mountPath": SPEC_DIR, "readOnly": true});
+    (map, (volume, mount))
+}
+
+/// The job ConfigMap and the pod of push `n`: `stagecoach push` with the push secret, which
+/// is mounted here and in no other pod.
+pub fn push_pod(
+    owner: &Owner,
+    n: usize,
+    operator_image: &str,
+    cache_claim: &str,
+    job: &stagecoach_protocol::job::PushJob,
+    push_secret: Option<&str>,
+) -> (ConfigMap, Pod) {
+    let name = owner.push_object(n);
+    let (job_map, spec) = job_config_map(meta(owner, &name, None), job);
+    let mut extra = vec![spec];
     if let Some(secret) = push_secret {
-        volumes.push(json!({"name": "registry", "secret": {"secretName": secret,
-            "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}));
-        mounts.push(json!({"name": "registry", "mountPath": REGISTRY_DIR, "readOnly": true}));
+        extra.push((
+            json!({"name": "registry", "secret": {"secretName": secret,
+                "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}),
+            json!({"name": "registry", "mountPath": REGISTRY_DIR, "readOnly": true}),
+        ));
     }
-    let pod_spec = json!({
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": false,
-        "enableServiceLinks": false,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{
-            "name": "push",
-            "image": operator_image,
-            "command": ["/stagecoach", "push", "--spec", format!("{SPEC_DIR}/job.json")],
-            // uid 0 owns the cache's files (the stage pods wrote them), but holds no
-            // capability: it can write there and nowhere else.
-            "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
-            "terminationMessagePolicy": "FallbackToLogsOnError",
-            "volumeMounts": mounts,
-        }],
-        "volumes": volumes,
-    });
     let mut metadata = meta(owner, &name, None);
     if let Some(labels) = metadata.labels.as_mut() {
         labels.insert("stagecoach.dev/push".into(), n.to_string());
     }
-    let pod = Pod {
+    let pod = tool_pod(ToolPod {
+        name: &name,
+        container: "push",
         metadata,
-        spec: serde_json::from_value(pod_spec).ok(),
-        ..Pod::default()
-    };
+        operator_image,
+        cache_claim,
+        args: vec![
+            "push".into(),
+            "--spec".into(),
+            format!("{SPEC_DIR}/job.json"),
+        ],
+        extra,
+    });
     (job_map, pod)
+}
+
+/// The job ConfigMap and the pod that fetches a git source into the cache volume
+/// (`stagecoach fetch`), with the git credentials Secret, when there is one, mounted here
+/// and in no other pod.
+pub fn fetch_pod(
+    owner: &Owner,
+    operator_image: &str,
+    cache_claim: &str,
+    job: &stagecoach_protocol::job::FetchJob,
+    credentials: Option<&str>,
+) -> (ConfigMap, Pod) {
+    let name = owner.fetch_object();
+    let (job_map, spec) = job_config_map(meta(owner, &name, None), job);
+    let mut extra = vec![spec];
+    if let Some(secret) = credentials {
+        extra.push((
+            json!({"name": "git", "secret": {"secretName": secret,
+                "items": [{"key": "username", "path": "username"}, {"key": "password", "path": "password"}]}}),
+            json!({"name": "git", "mountPath": GIT_CREDENTIALS_DIR, "readOnly": true}),
+        ));
+    }
+    let mut metadata = meta(owner, &name, None);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(LABEL_COMPONENT.into(), "fetch".into());
+    }
+    let pod = tool_pod(ToolPod {
+        name: &name,
+        container: "fetch",
+        metadata,
+        operator_image,
+        cache_claim,
+        args: vec![
+            "fetch".into(),
+            "--spec".into(),
+            format!("{SPEC_DIR}/job.json"),
+        ],
+        extra,
+    });
+    (job_map, pod)
+}
+
+/// The pod that removes a deleted build's directory from the cache volume
+/// (`stagecoach clean`). It has no generation: it belongs to the build's end.
+pub fn cleanup_pod(owner: &Owner, operator_image: &str, cache_claim: &str) -> Pod {
+    let name = owner.cleanup_object();
+    let mut metadata = meta(owner, &name, None);
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.remove(LABEL_GENERATION);
+        labels.insert(LABEL_COMPONENT.into(), "cleanup".into());
+    }
+    tool_pod(ToolPod {
+        name: &name,
+        container: "clean",
+        metadata,
+        operator_image,
+        cache_claim,
+        args: vec![
+            "clean".into(),
+            "--cache".into(),
+            CACHE_DIR.into(),
+            "--build".into(),
+            owner.uid.clone(),
+        ],
+        extra: vec![],
+    })
 }
 
 #[cfg(test)]
@@ -613,6 +801,8 @@ mod tests {
             mounts: &mounts,
             context: None,
             stage_exports: &exports,
+            attempt: 0,
+            deadline_seconds: Some(600),
         };
         let (map, pod) = stage_pod(&input).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s1"));
@@ -673,6 +863,124 @@ mod tests {
         );
         let tmpfs = volumes.iter().find(|v| v["name"] == "tmpfs-0").unwrap();
         assert_eq!(tmpfs["emptyDir"]["medium"], "Memory");
+        assert_eq!(spec["activeDeadlineSeconds"], 600);
+    }
+
+    #[test]
+    fn a_retry_is_a_new_pod_on_the_same_job_and_a_fetched_context_is_mounted_in_place() {
+        let mounts = plan("FROM busybox\nRUN --mount=type=bind,source=pkg,target=/pkg true\n");
+        let owner = owner();
+        let spec = spec();
+        let job = job();
+        let context = ContextSource::Cache("builds/u-1/context".into());
+        let (map, pod) = stage_pod(&StagePod {
+            owner: &owner,
+            spec: &spec,
+            index: 2,
+            label: "2",
+            image: "i",
+            operator_image: "o",
+            cache_claim: "c",
+            job: &job,
+            mounts: &mounts,
+            context: Some(&context),
+            stage_exports: &BTreeMap::new(),
+            attempt: 2,
+            deadline_seconds: None,
+        })
+        .unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
+        assert_eq!(map.metadata.name.as_deref(), Some("web-g3-s2"));
+        assert_eq!(pod.metadata.labels.as_ref().unwrap()[LABEL_ATTEMPT], "2");
+        let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
+        assert_eq!(spec["volumes"][2]["configMap"]["name"], "web-g3-s2");
+        assert!(spec.get("activeDeadlineSeconds").is_none());
+        let mounts: BTreeMap<String, Value> = spec["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["mountPath"].as_str().unwrap().to_string(), m.clone()))
+            .collect();
+        // The fetched context and binds from it are read-only subPaths of the cache volume;
+        // the init container copies nothing.
+        assert_eq!(
+            mounts[CONTEXT_DIR],
+            json!({"name": "cache", "mountPath": CONTEXT_DIR, "subPath": "builds/u-1/context", "readOnly": true})
+        );
+        assert_eq!(mounts["/pkg"]["subPath"], "builds/u-1/context/pkg");
+        assert_eq!(mounts["/pkg"]["readOnly"], true);
+        let prepare = spec["initContainers"][0]["command"].to_string();
+        assert!(!prepare.contains("--context"), "{prepare}");
+        assert!(
+            spec["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v["name"] != "context"),
+            "no context emptyDir"
+        );
+    }
+
+    #[test]
+    fn credentials_reach_only_the_pods_that_need_them() {
+        let owner = owner();
+        let push = stagecoach_protocol::job::PushJob {
+            version: JOB_VERSION,
+            target: "r/x:1".into(),
+            config: stagecoach_protocol::Digest::of_bytes(b"{}"),
+            config_size: 2,
+            layers: vec![],
+            sources: vec![],
+            cache: CACHE_DIR.into(),
+            credentials: None,
+            insecure_registries: vec![],
+        };
+        let (_, pod) = push_pod(&owner, 0, "o", "c", &push, Some("regcred"));
+        let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
+        assert_eq!(spec["volumes"][2]["secret"]["secretName"], "regcred");
+        assert_eq!(spec["containers"][0]["image"], "o");
+        assert_eq!(
+            spec["containers"][0]["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        let fetch = stagecoach_protocol::job::FetchJob {
+            version: JOB_VERSION,
+            url: "https://git.example/app.git".into(),
+            revision: None,
+            sub_path: String::new(),
+            dockerfile: "Dockerfile".into(),
+            dest: "/cache/builds/u-1/context".into(),
+            credentials: Some(GIT_CREDENTIALS_DIR.into()),
+        };
+        let (map, pod) = fetch_pod(&owner, "o", "c", &fetch, Some("gitcred"));
+        assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-fetch"));
+        assert_eq!(map.metadata.name, pod.metadata.name);
+        let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
+        assert_eq!(spec["volumes"][2]["secret"]["secretName"], "gitcred");
+        assert_eq!(spec["containers"][0]["command"][1], "fetch");
+        let cleanup = cleanup_pod(&owner, "o", "c");
+        let labels = cleanup.metadata.labels.clone().unwrap();
+        assert!(
+            !labels.contains_key(LABEL_GENERATION),
+            "outlives generations"
+        );
+        let spec = serde_json::to_value(cleanup.spec.unwrap()).unwrap();
+        assert_eq!(
+            spec["containers"][0]["command"],
+            json!([
+                "/stagecoach",
+                "clean",
+                "--cache",
+                CACHE_DIR,
+                "--build",
+                "u-1"
+            ])
+        );
+        assert_eq!(
+            spec["volumes"].as_array().unwrap().len(),
+            1,
+            "the cache and nothing else"
+        );
     }
 
     #[test]
@@ -695,6 +1003,8 @@ mod tests {
             mounts: &mounts,
             context: None,
             stage_exports: &BTreeMap::new(),
+            attempt: 0,
+            deadline_seconds: None,
         })
         .unwrap_err();
         assert_eq!(

@@ -49,8 +49,25 @@ enum Progress {
         code: i32,
         result: Option<Box<StageResult>>,
         message: String,
+        kind: FailKind,
     },
 }
+
+/// Why a stage's pod failed, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailKind {
+    /// The Dockerfile's own failure (a RUN that exited non-zero, a missing COPY source):
+    /// final, never retried.
+    Build,
+    /// Outside the Dockerfile (eviction, OOM kill, a prepare step or pod that failed, an I/O
+    /// error): a new pod, up to [`MAX_ATTEMPTS`] tries in all.
+    Infrastructure,
+    /// The pod ran out of the build's time (`activeDeadlineSeconds`).
+    Deadline,
+}
+
+/// Tries a stage gets when its pods fail for infrastructure reasons.
+pub(crate) const MAX_ATTEMPTS: u32 = 3;
 
 /// The build's state after this reconcile.
 #[derive(Debug, Clone)]
@@ -59,6 +76,8 @@ pub(crate) struct Verdict {
     pub message: String,
     pub stages: Vec<StageStatus>,
     pub images: Vec<ImageStatus>,
+    /// Look again after this long even if nothing changes (the build's deadline).
+    pub requeue: Option<std::time::Duration>,
 }
 
 impl Verdict {
@@ -68,8 +87,119 @@ impl Verdict {
             message,
             stages,
             images: Vec::new(),
+            requeue: None,
         }
     }
+}
+
+/// The build's pods of the current generation by name, after deleting those of older
+/// generations (a newer spec replaces the old build: its pods stop).
+pub(crate) async fn current_pods(
+    ctx: &Context,
+    namespace: &str,
+    owner: &Owner,
+) -> Result<BTreeMap<String, Pod>, Error> {
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods_api
+        .list(&ListParams::default().labels(&format!("{LABEL_BUILD}={}", owner.name)))
+        .await
+        .map_err(|source| Error::Apply {
+            what: "list the build's pods".into(),
+            source,
+        })?;
+    let mut current = BTreeMap::new();
+    for pod in listed.items {
+        match pod.labels().get(LABEL_GENERATION) {
+            Some(g) if *g == owner.generation.to_string() => {
+                current.insert(pod.name_any(), pod);
+            }
+            Some(_) => delete_pod(&pods_api, &pod.name_any()).await?,
+            // Not a generation's pod (the cleanup pod).
+            None => {}
+        }
+    }
+    Ok(current)
+}
+
+/// What is left of the build's timeout, counted from the generation's start.
+pub(crate) fn time_left(build: &ImageBuild) -> Option<std::time::Duration> {
+    let timeout = build.spec.timeout_duration().ok()?;
+    let generation = build.metadata.generation.unwrap_or(0);
+    let started = build
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == Some(generation))
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0);
+    let elapsed = started.map_or(std::time::Duration::ZERO, |t| {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        now.duration_since(t).try_into().unwrap_or_default()
+    });
+    Some(timeout.saturating_sub(elapsed))
+}
+
+/// How long a finished build's pods have left: `retention` after `completed`, never less
+/// than nothing.
+pub(crate) fn retention_left(
+    completed: k8s_openapi::jiff::Timestamp,
+    now: k8s_openapi::jiff::Timestamp,
+    retention: std::time::Duration,
+) -> std::time::Duration {
+    let elapsed: std::time::Duration = now.duration_since(completed).try_into().unwrap_or_default();
+    retention.saturating_sub(elapsed)
+}
+
+/// A finished build keeps its pods (their logs are the build's logs, and they hold no
+/// resources once their containers are done) for `--pod-retention`, then they go; the
+/// ImageBuild and its status stay.
+pub(crate) async fn expire_pods(
+    ctx: &Context,
+    build: &ImageBuild,
+    namespace: &str,
+) -> Result<kube::runtime::controller::Action, Error> {
+    use kube::runtime::controller::Action;
+    let (Some(retention), Some(completed)) = (
+        ctx.settings.pod_retention,
+        build
+            .status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref()),
+    ) else {
+        return Ok(Action::await_change());
+    };
+    let left = retention_left(completed.0, k8s_openapi::jiff::Timestamp::now(), retention);
+    if !left.is_zero() {
+        return Ok(Action::requeue(left));
+    }
+    let owner = Owner::of(build);
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let listed = pods_api
+        .list(
+            &ListParams::default()
+                .labels(&format!("{LABEL_BUILD}={},{LABEL_GENERATION}", owner.name)),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            what: "list the build's pods".into(),
+            source,
+        })?;
+    for pod in listed.items {
+        if pod.metadata.deletion_timestamp.is_none() {
+            delete_pod(&pods_api, &pod.name_any()).await?;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Stage `i`'s latest pod and its try number.
+fn latest_attempt<'p>(
+    current: &'p BTreeMap<String, Pod>,
+    owner: &Owner,
+    i: usize,
+) -> Option<(u32, &'p Pod)> {
+    (0..MAX_ATTEMPTS)
+        .rev()
+        .find_map(|n| current.get(&owner.stage_attempt(i, n)).map(|p| (n, p)))
 }
 
 /// Drives the generation's stage pods; returns its state.
@@ -79,64 +209,79 @@ pub(crate) async fn drive(
     namespace: &str,
     dockerfile_text: &str,
     plan: &Plan,
+    current: &BTreeMap<String, Pod>,
 ) -> Result<Verdict, Error> {
-    let owner = Owner {
-        name: build.name_any(),
-        uid: build.uid().unwrap_or_default(),
-        generation: build.metadata.generation.unwrap_or(0),
-    };
+    let owner = Owner::of(build);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), namespace);
     let api_err = |what: &str| {
         let what = what.to_string();
         move |source| Error::Apply { what, source }
     };
-    let listed = pods_api
-        .list(&ListParams::default().labels(&format!("{LABEL_BUILD}={}", owner.name)))
-        .await
-        .map_err(api_err("list the build's pods"))?;
-    let mut current: BTreeMap<String, Pod> = BTreeMap::new();
-    for pod in listed.items {
-        let generation = pod
-            .labels()
-            .get(LABEL_GENERATION)
-            .cloned()
-            .unwrap_or_default();
-        if generation == owner.generation.to_string() {
-            current.insert(pod.name_any(), pod);
-        } else {
-            // A newer spec replaces the old build: its pods stop.
-            delete_pod(&pods_api, &pod.name_any()).await?;
-        }
-    }
 
     let mut needed: Vec<usize> = plan.waves.iter().flatten().copied().collect();
     needed.sort_unstable();
     let mut progress: BTreeMap<usize, Progress> = BTreeMap::new();
+    // The try each stage's next pod would be.
+    let mut next_attempt: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut retry_notes = Vec::new();
     for &i in &needed {
-        let p = current
-            .get(&owner.stage_object(i))
-            .map_or(Progress::NotStarted, pod_progress);
+        let p = match latest_attempt(current, &owner, i) {
+            None => Progress::NotStarted,
+            Some((n, pod)) => match pod_progress(pod) {
+                // An infrastructure failure gets a new pod, a bounded number of times; a RUN
+                // that failed on its own is never retried.
+                Progress::Failed {
+                    kind: FailKind::Infrastructure,
+                    message,
+                    ..
+                } if n + 1 < MAX_ATTEMPTS => {
+                    next_attempt.insert(i, n + 1);
+                    retry_notes.push(format!(
+                        "stage {}: try {} of {MAX_ATTEMPTS} after: {}",
+                        stage_label(plan, i),
+                        n + 2,
+                        first_line(&message)
+                    ));
+                    Progress::NotStarted
+                }
+                Progress::Failed {
+                    code,
+                    result,
+                    message,
+                    kind,
+                } if n > 0 => Progress::Failed {
+                    code,
+                    result,
+                    message: format!("{message} (after {} tries)", n + 1),
+                    kind,
+                },
+                other => other,
+            },
+        };
         progress.insert(i, p);
     }
 
-    let mut stages = stage_entries(plan, &needed, &progress, &current, &owner);
+    let mut stages = stage_entries(plan, &needed, &progress, current, &owner);
+    let left = time_left(build);
 
-    // The first failure ends the generation.
-    if let Some((
-        &i,
+    // The first failure ends the generation, and so does the timeout.
+    let failed = progress.iter().find_map(|(&i, p)| match p {
         Progress::Failed {
             code,
             result,
             message,
-        },
-    )) = progress
-        .iter()
-        .find(|(_, p)| matches!(p, Progress::Failed { .. }))
-    {
+            kind,
+        } => Some((i, *code, result.clone(), message.clone(), *kind)),
+        _ => None,
+    });
+    let timed_out = left.is_some_and(|l| l.is_zero());
+    if failed.is_some() || timed_out {
         for (&j, p) in &progress {
-            if j != i && matches!(p, Progress::Running) {
-                delete_pod(&pods_api, &owner.stage_object(j)).await?;
+            if matches!(p, Progress::Running)
+                && let Some((n, _)) = latest_attempt(current, &owner, j)
+            {
+                delete_pod(&pods_api, &owner.stage_attempt(j, n)).await?;
             }
         }
         for s in &mut stages {
@@ -144,13 +289,28 @@ pub(crate) async fn drive(
                 s.state = StageState::Skipped;
             }
         }
-        let reason = condition_for_exit(*code, result.as_ref().and_then(|r| r.reason));
-        let label = plan.stages[i].name.clone().unwrap_or_else(|| i.to_string());
-        return Ok(Verdict::new(
-            reason,
-            format!("stage {label}: {message}"),
-            stages,
-        ));
+        let (reason, message) = match failed {
+            Some((i, _, _, message, FailKind::Deadline)) => (
+                Reason::Timeout,
+                format!(
+                    "stage {}: {message}; the build may take {} (spec.timeout)",
+                    stage_label(plan, i),
+                    build.spec.timeout
+                ),
+            ),
+            Some((i, code, result, message, _)) => (
+                condition_for_exit(code, result.as_ref().and_then(|r| r.reason)),
+                format!("stage {}: {message}", stage_label(plan, i)),
+            ),
+            None => (
+                Reason::Timeout,
+                format!(
+                    "the build ran longer than spec.timeout ({}); its pods were stopped",
+                    build.spec.timeout
+                ),
+            ),
+        };
+        return Ok(Verdict::new(reason, message, stages));
     }
 
     if plan
@@ -158,13 +318,20 @@ pub(crate) async fn drive(
         .iter()
         .all(|t| matches!(progress.get(t), Some(Progress::Succeeded(_))))
     {
-        return push_targets(
-            ctx, build, namespace, &owner, plan, &progress, &current, stages,
+        let mut verdict = push_targets(
+            ctx, build, namespace, &owner, plan, &progress, current, stages,
         )
-        .await;
+        .await?;
+        verdict.requeue = left;
+        return Ok(verdict);
     }
 
-    // Start every stage whose inputs are ready.
+    // Start every stage whose inputs are ready, up to the cap on a build's running pods.
+    let running = progress
+        .values()
+        .filter(|p| matches!(p, Progress::Running))
+        .count();
+    let room = ctx.settings.max_parallel_pods.saturating_sub(running);
     let ready: Vec<usize> = needed
         .iter()
         .copied()
@@ -176,12 +343,13 @@ pub(crate) async fn drive(
                 .all(|j| matches!(progress.get(j), Some(Progress::Succeeded(_))))
         })
         .collect();
-    if !ready.is_empty() {
+    let waiting = ready.len().saturating_sub(room);
+    if !ready.is_empty() && room > 0 {
         let dockerfile =
             Dockerfile::parse(dockerfile_text).map_err(|e| Error::Plan(e.to_string()))?;
         let context = ensure_context(&maps, build, &owner).await?;
         let mut resolved: BTreeMap<String, Resolved> = BTreeMap::new();
-        for i in ready {
+        for i in ready.into_iter().take(room) {
             let (job, image, mounts) = stage_job(
                 ctx,
                 build,
@@ -206,7 +374,8 @@ pub(crate) async fn drive(
                     keys
                 })
                 .collect();
-            let label = plan.stages[i].name.clone().unwrap_or_else(|| i.to_string());
+            let label = stage_label(plan, i);
+            let attempt = next_attempt.get(&i).copied().unwrap_or(0);
             let (map, pod) = pods::stage_pod(&StagePod {
                 owner: &owner,
                 spec: &build.spec,
@@ -219,6 +388,8 @@ pub(crate) async fn drive(
                 mounts: &mounts,
                 context: context.as_ref(),
                 stage_exports: &exports,
+                attempt,
+                deadline_seconds: left.map(|l| i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
             })
             .map_err(|e| Error::Plan(e.to_string()))?;
             create_or_keep(&maps, &map).await?;
@@ -227,13 +398,18 @@ pub(crate) async fn drive(
                     tracing::info!(
                         stage = label.as_str(),
                         pod = pod.name_any().as_str(),
+                        attempt,
                         "stage pod created"
                     );
                     crate::publish(
                         ctx,
                         build,
                         kube::runtime::events::EventType::Normal,
-                        "StageStarted",
+                        if attempt == 0 {
+                            "StageStarted"
+                        } else {
+                            "StageRetried"
+                        },
                         &format!("stage {label}: pod {}", pod.name_any()),
                     )
                     .await;
@@ -253,11 +429,28 @@ pub(crate) async fn drive(
         .values()
         .filter(|p| matches!(p, Progress::Succeeded(_)))
         .count();
-    Ok(Verdict::new(
-        Reason::Building,
-        format!("{done} of {} stages built", needed.len()),
-        stages,
-    ))
+    let mut message = format!("{done} of {} stages built", needed.len());
+    if waiting > 0 {
+        message.push_str(&format!(
+            "; {waiting} ready stages wait for room (at most {} pods at once)",
+            ctx.settings.max_parallel_pods
+        ));
+    }
+    for note in retry_notes {
+        message.push_str("; ");
+        message.push_str(&note);
+    }
+    let mut verdict = Verdict::new(Reason::Building, message, stages);
+    verdict.requeue = left;
+    Ok(verdict)
+}
+
+fn stage_label(plan: &Plan, i: usize) -> String {
+    plan.stages[i].name.clone().unwrap_or_else(|| i.to_string())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
 }
 
 /// The targets to push: `(stage, image)` in spec order (`spec.image` for the default target).
@@ -345,9 +538,8 @@ async fn push_targets(
                     }
                 };
                 // The layers the cache lacks are the base image's, which the stage pod ran.
-                let sources = current
-                    .get(&owner.stage_object(root_of(plan, *stage)))
-                    .and_then(|p| p.spec.as_ref())
+                let sources = latest_attempt(current, owner, root_of(plan, *stage))
+                    .and_then(|(_, p)| p.spec.as_ref())
                     .and_then(|s| s.containers.first())
                     .and_then(|c| c.image.clone())
                     .filter(|i| *i != ctx.settings.operator_image)
@@ -467,12 +659,20 @@ fn push_progress(pod: &Pod) -> PushProgress {
     }
 }
 
-fn cache_claim<'c>(ctx: &'c Context, build: &'c ImageBuild) -> &'c str {
+pub(crate) fn cache_claim<'c>(ctx: &'c Context, build: &'c ImageBuild) -> &'c str {
     build
         .spec
         .cache
         .as_ref()
         .map_or(ctx.settings.cache_claim.as_str(), |c| c.claim_name.as_str())
+}
+
+/// Where a fetched source is, relative to the cache volume.
+pub(crate) fn context_sub_path(owner: &Owner) -> String {
+    format!(
+        "builds/{}/context",
+        stagecoach_protocol::layout::escape_id(&owner.uid)
+    )
 }
 
 /// Where stage `i`'s export is, relative to the cache volume.
@@ -483,7 +683,7 @@ fn export_sub_path(owner: &Owner, i: usize) -> String {
     )
 }
 
-async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
+pub(crate) async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
     match pods.delete(name, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -494,7 +694,7 @@ async fn delete_pod(pods: &Api<Pod>, name: &str) -> Result<(), Error> {
     }
 }
 
-async fn create_or_keep(maps: &Api<ConfigMap>, map: &ConfigMap) -> Result<(), Error> {
+pub(crate) async fn create_or_keep(maps: &Api<ConfigMap>, map: &ConfigMap) -> Result<(), Error> {
     match maps.create(&PostParams::default(), map).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
@@ -520,6 +720,8 @@ async fn ensure_context(
         Ok(SourceKind::ConfigMap(source)) => {
             Ok(Some(ContextSource::ConfigMap(source.name.clone())))
         }
+        // The fetch pod checked it out on the cache volume.
+        Ok(SourceKind::Git(_)) => Ok(Some(ContextSource::Cache(context_sub_path(owner)))),
         _ => Ok(None),
     }
 }
@@ -532,11 +734,28 @@ fn pod_progress(pod: &Pod) -> Progress {
         return Progress::Running;
     }
     let status = pod.status.clone().unwrap_or_default();
+    if status.reason.as_deref() == Some("DeadlineExceeded") {
+        return Progress::Failed {
+            code: 255,
+            result: None,
+            message: "the pod was stopped at the build's deadline".into(),
+            kind: FailKind::Deadline,
+        };
+    }
     let terminated = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
         statuses
             .iter()
             .flatten()
             .find_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()))
+    };
+    let memory_limit = || {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.resources.as_ref())
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .map_or_else(|| "none set".to_string(), |q| q.0.clone())
     };
     if let Some(t) = terminated(&status.init_container_statuses)
         && t.exit_code != 0
@@ -549,6 +768,7 @@ fn pod_progress(pod: &Pod) -> Progress {
                 t.reason.unwrap_or_default(),
                 t.message.unwrap_or_default()
             ),
+            kind: FailKind::Infrastructure,
         };
     }
     match terminated(&status.container_statuses) {
@@ -559,29 +779,46 @@ fn pod_progress(pod: &Pod) -> Progress {
                 .as_deref()
                 .and_then(|m| serde_json::from_str::<StageResult>(m).ok())
                 .map(Box::new);
+            if t.reason.as_deref() == Some("OOMKilled") {
+                return Progress::Failed {
+                    code: t.exit_code,
+                    result: None,
+                    message: format!(
+                        "OOM-killed: the stage container used more memory than its limit ({}; spec.resources.limits.memory)",
+                        memory_limit()
+                    ),
+                    kind: FailKind::Infrastructure,
+                };
+            }
             if t.exit_code == 0 {
-                match result {
+                return match result {
                     Some(r) => Progress::Succeeded(r),
                     None => Progress::Failed {
                         code: 255,
                         result: None,
                         message: "the stage exited 0 without a readable result".into(),
+                        kind: FailKind::Infrastructure,
                     },
-                }
-            } else {
-                let message = match &result {
-                    Some(r) => failure_text(r),
-                    None => format!(
-                        "the stage container exited with {} ({})",
-                        t.exit_code,
-                        t.reason.clone().unwrap_or_default()
-                    ),
                 };
-                Progress::Failed {
-                    code: t.exit_code,
-                    result,
-                    message,
-                }
+            }
+            let message = match &result {
+                Some(r) => failure_text(r),
+                None => format!(
+                    "the stage container exited with {} ({})",
+                    t.exit_code,
+                    t.reason.clone().unwrap_or_default()
+                ),
+            };
+            let kind = match condition_for_exit(t.exit_code, result.as_ref().and_then(|r| r.reason))
+            {
+                Reason::PodFailed => FailKind::Infrastructure,
+                _ => FailKind::Build,
+            };
+            Progress::Failed {
+                code: t.exit_code,
+                result,
+                message,
+                kind,
             }
         }
         None if status.phase.as_deref() == Some("Failed") => Progress::Failed {
@@ -592,6 +829,7 @@ fn pod_progress(pod: &Pod) -> Progress {
                 status.reason.unwrap_or_default(),
                 status.message.unwrap_or_default()
             ),
+            kind: FailKind::Infrastructure,
         },
         None => Progress::Running,
     }
@@ -625,7 +863,7 @@ fn stage_entries(
     needed
         .iter()
         .map(|&i| {
-            let pod = pods.get(&owner.stage_object(i));
+            let pod = latest_attempt(pods, owner, i).map(|(_, p)| p);
             let container = pod
                 .and_then(|p| p.status.as_ref())
                 .and_then(|s| s.container_statuses.as_ref())
@@ -855,4 +1093,27 @@ async fn stage_job(
         result: Some(layout.build_stage(&owner.uid, i).join("result.json")),
     };
     Ok((job, pod_image, mounts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    use std::time::Duration;
+
+    #[test]
+    fn finished_pods_stay_for_the_retention_and_not_a_moment_less() {
+        let done = Timestamp::from_second(1_800_000_000).unwrap();
+        let day = Duration::from_secs(86_400);
+        let later = |s: i64| done.checked_add(SignedDuration::from_secs(s)).unwrap();
+        assert_eq!(retention_left(done, later(0), day), day);
+        assert_eq!(
+            retention_left(done, later(3600), day),
+            Duration::from_secs(82_800)
+        );
+        assert!(retention_left(done, later(86_400), day).is_zero());
+        assert!(retention_left(done, later(100_000), day).is_zero());
+        // A clock behind the completion time does not stretch the retention.
+        assert_eq!(retention_left(done, later(-60), day), day);
+    }
 }

@@ -67,7 +67,26 @@ pub fn with_reason(
         stages_summary: (!stages.is_empty()).then(|| ImageBuildStatus::summarize_stages(&stages)),
         stages,
         images: Vec::new(),
+        source: None,
     }
+}
+
+/// Whether `status` says something `previous` does not: times aside (a condition's
+/// `lastTransitionTime` and the completion time follow from the rest), so an unchanged build
+/// is not written again, and every change of a stage's state, pod or node is.
+pub fn differs(previous: Option<&ImageBuildStatus>, status: &ImageBuildStatus) -> bool {
+    let Some(previous) = previous else {
+        return true;
+    };
+    let timeless = |s: &ImageBuildStatus| {
+        let mut s = s.clone();
+        s.completion_time = None;
+        for c in &mut s.conditions {
+            c.last_transition_time = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        }
+        s
+    };
+    timeless(previous) != timeless(status)
 }
 
 /// At most `limit` bytes, cut on a character boundary with a note that it was cut.

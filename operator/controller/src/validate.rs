@@ -105,7 +105,10 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
         )));
     }
     let text = match spec.source.kind().map_err(|e| invalid(e.to_string()))? {
-        SourceKind::Git(_) => None,
+        SourceKind::Git(git) => {
+            validate_git(git, fetched)?;
+            None
+        }
         SourceKind::Inline(inline) => Some(
             inline
                 .dockerfile
@@ -143,6 +146,39 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
     })
 }
 
+/// The transports a fetch pod speaks.
+const GIT_SCHEMES: [&str; 3] = ["https://", "http://", "git://"];
+
+fn validate_git(git: &stagecoach_api::GitSource, fetched: &Fetched) -> Result<(), SpecError> {
+    if !GIT_SCHEMES.iter().any(|s| git.url.starts_with(s)) {
+        return Err(SpecError::Invalid(format!(
+            "source.git.url {:?}: only https://, http:// and git:// repositories can be fetched (ssh is not supported yet)",
+            git.url
+        )));
+    }
+    if let Some(secret) = &git.secret_ref {
+        match fetched.secret_keys.get(&secret.name) {
+            None => {
+                return Err(SpecError::Invalid(format!(
+                    "source.git.secretRef: Secret {:?} does not exist in this namespace",
+                    secret.name
+                )));
+            }
+            Some(keys) => {
+                for key in ["username", "password"] {
+                    if !keys.iter().any(|k| k == key) {
+                        return Err(SpecError::Invalid(format!(
+                            "source.git.secretRef: Secret {:?} has no key {key:?} (a kubernetes.io/basic-auth Secret has username and password)",
+                            secret.name
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Parses and plans the Dockerfile for the spec's targets, and checks that every needed
 /// stage's RUN mounts are ones a builder pod can provide.
 pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecError> {
@@ -171,6 +207,12 @@ pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecEr
         global,
     };
     for &index in plan.waves.iter().flatten() {
+        if let Some(image) = plan.stages[index].images.first() {
+            return Err(SpecError::Dockerfile(format!(
+                "Dockerfile: stage {}: COPY --from or RUN --mount from an image ({image}) is not supported in a builder pod yet; name it as a stage instead (FROM {image} AS files) and copy from that stage",
+                plan.stages[index].label()
+            )));
+        }
         let stage = &dockerfile.stages[index];
         // Without the base image's config here a relative target may still move (its
         // WORKDIR); what a pod cannot provide at all does not depend on that.
@@ -227,6 +269,60 @@ mod tests {
             claim_exists: true,
             ..Fetched::default()
         }
+    }
+
+    #[test]
+    fn copying_from_an_image_is_refused_with_the_way_around_it() {
+        let err = validate(
+            &inline("FROM busybox AS app\nCOPY --from=golang:1.22 /usr/local/go /go\n"),
+            &ok(),
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidDockerfile);
+        let message = err.to_string();
+        assert!(message.contains("stage app"), "{message}");
+        assert!(message.contains("FROM golang:1.22 AS files"), "{message}");
+    }
+
+    #[test]
+    fn git_sources_need_a_fetchable_url_and_a_complete_secret() {
+        let git = |url: &str, secret: Option<&str>| ImageBuildSpec {
+            source: Source {
+                git: Some(stagecoach_api::GitSource {
+                    url: url.into(),
+                    secret_ref: secret.map(|name| SecretReference { name: name.into() }),
+                    ..Default::default()
+                }),
+                ..Source::default()
+            },
+            dockerfile: "Dockerfile".into(),
+            ..ImageBuildSpec::default()
+        };
+        // The Dockerfile is in the repository: nothing to plan yet.
+        let v = validate(&git("https://git.example/app.git", None), &ok()).unwrap();
+        assert!(v.plan.is_none() && v.dockerfile.is_none());
+        let err = validate(&git("git@git.example:app.git", None), &ok()).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidSpec);
+        assert!(err.to_string().contains("ssh is not supported"), "{err}");
+        let err = validate(&git("https://git.example/app.git", Some("creds")), &ok()).unwrap_err();
+        assert!(
+            err.to_string().contains(r#"Secret "creds" does not exist"#),
+            "{err}"
+        );
+        let mut fetched = ok();
+        fetched
+            .secret_keys
+            .insert("creds".into(), vec!["username".into()]);
+        let err =
+            validate(&git("https://git.example/app.git", Some("creds")), &fetched).unwrap_err();
+        assert!(
+            err.to_string().contains(r#"has no key "password""#),
+            "{err}"
+        );
+        fetched
+            .secret_keys
+            .insert("creds".into(), vec!["username".into(), "password".into()]);
+        validate(&git("https://git.example/app.git", Some("creds")), &fetched).unwrap();
     }
 
     #[test]

@@ -233,3 +233,143 @@ pub struct PushResult {
     /// Manifest, config and layers together, in bytes.
     pub size: u64,
 }
+
+/// One source fetch: a git repository at one revision, checked out into the cache volume
+/// by a pod in the operator image (the only pod that reaches the git server, and the only
+/// one that holds the git credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchJob {
+    /// [`JOB_VERSION`].
+    pub version: u32,
+    /// The repository: `https://`, `http://`, `git://` or `file://`.
+    pub url: String,
+    /// A branch, a tag or a full commit id; the remote's default branch when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The directory of the repository that is the context root (`""`: the root).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_path: String,
+    /// The Dockerfile's path relative to the context root, reported back to the controller.
+    pub dockerfile: String,
+    /// Where the context goes (replaced as a whole: fetched beside it, then renamed).
+    pub dest: PathBuf,
+    /// A directory with `username` and `password` files for http(s) basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+}
+
+/// What a fetch reports when it succeeded (its termination message). The Dockerfile's text
+/// itself is too large for a termination message: it follows in the pod's log as
+/// [`DOCKERFILE_LOG_PREFIX`] lines, and the controller checks it against `dockerfile_digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchResult {
+    /// The commit that was checked out (full hex id).
+    pub commit: String,
+    /// The sha256 digest of the Dockerfile's bytes.
+    pub dockerfile_digest: Digest,
+    /// Their length.
+    pub dockerfile_size: u64,
+}
+
+/// What a fetch reports when it failed (its termination message): a stable reason
+/// ([`crate::condition::Reason`]'s spelling: `SourceFetchFailed` or `InvalidDockerfile`) and
+/// a message that names the URL, the revision or the path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FetchFailure {
+    /// The condition reason.
+    pub reason: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Each log line of a fetch pod that carries a piece of the Dockerfile starts with this,
+/// followed by the piece as a JSON string (pieces of at most [`DOCKERFILE_LOG_CHUNK`] bytes,
+/// in order; a container runtime splits longer log lines).
+pub const DOCKERFILE_LOG_PREFIX: &str = "stagecoach-dockerfile: ";
+
+/// The largest piece of the Dockerfile on one log line, in bytes.
+pub const DOCKERFILE_LOG_CHUNK: usize = 2048;
+
+/// The largest Dockerfile a fetched source may have, in bytes.
+pub const MAX_FETCHED_DOCKERFILE: u64 = 256 * 1024;
+
+/// Splits a Dockerfile into the log lines a fetch pod prints (at char boundaries).
+pub fn dockerfile_log_lines(text: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(DOCKERFILE_LOG_CHUNK);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (piece, tail) = rest.split_at(end);
+        lines.push(format!(
+            "{DOCKERFILE_LOG_PREFIX}{}",
+            serde_json::Value::String(piece.to_string())
+        ));
+        rest = tail;
+    }
+    lines
+}
+
+/// The Dockerfile back from a fetch pod's log: the pieces in order, checked against the
+/// result's digest and size; `None` when they do not match.
+pub fn dockerfile_from_log(log: &str, result: &FetchResult) -> Option<String> {
+    let mut text = String::new();
+    for line in log.lines() {
+        if let Some(piece) = line.strip_prefix(DOCKERFILE_LOG_PREFIX) {
+            text.push_str(&serde_json::from_str::<String>(piece).ok()?);
+            if text.len() as u64 > result.dockerfile_size {
+                return None;
+            }
+        }
+    }
+    (text.len() as u64 == result.dockerfile_size
+        && Digest::of_bytes(text.as_bytes()) == result.dockerfile_digest)
+        .then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result_for(text: &str) -> FetchResult {
+        FetchResult {
+            commit: "0".repeat(40),
+            dockerfile_digest: Digest::of_bytes(text.as_bytes()),
+            dockerfile_size: text.len() as u64,
+        }
+    }
+
+    #[test]
+    fn a_dockerfile_crosses_the_log_in_pieces_and_comes_back_whole() {
+        // Multi-byte characters across piece boundaries, and a line longer than a piece.
+        let text = format!("FROM busybox\nRUN echo {}\n# é\n", "ü".repeat(3000));
+        let lines = dockerfile_log_lines(&text);
+        assert!(lines.len() > 2);
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.len() <= DOCKERFILE_LOG_PREFIX.len() + 2 * DOCKERFILE_LOG_CHUNK)
+        );
+        let log = format!("starting\n{}\nfetched\n", lines.join("\nnoise\n"));
+        assert_eq!(dockerfile_from_log(&log, &result_for(&text)), Some(text));
+    }
+
+    #[test]
+    fn a_dockerfile_that_differs_from_its_digest_is_refused() {
+        let text = "FROM busybox\n";
+        let forged = dockerfile_log_lines("FROM evil\n").join("\n");
+        assert_eq!(dockerfile_from_log(&forged, &result_for(text)), None);
+        // A missing piece.
+        let lines = dockerfile_log_lines(&"x".repeat(5000));
+        let partial = lines[..2].join("\n");
+        assert_eq!(
+            dockerfile_from_log(&partial, &result_for(&"x".repeat(5000))),
+            None
+        );
+    }
+}

@@ -28,6 +28,25 @@ pub struct ControllerArgs {
     /// (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST")]
     insecure_registries: Vec<String>,
+    /// At most this many stage pods of one build run at once; ready stages beyond it wait.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_parallel_pods: u16,
+    /// How long a finished build's pods (and so its logs) stay, e.g. 24h, 30m; `never`
+    /// keeps them until the spec changes or the build is deleted.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
+    pod_retention: Retention,
+}
+
+/// `--pod-retention`: a duration, or none.
+#[derive(Debug, Clone, Copy)]
+struct Retention(Option<std::time::Duration>);
+
+fn parse_retention(text: &str) -> Result<Retention, stagecoach_api::InvalidTimeout> {
+    if text == "never" {
+        return Ok(Retention(None));
+    }
+    stagecoach_api::parse_timeout(text).map(|d| Retention(Some(d)))
 }
 
 /// Runs the controller until SIGTERM or SIGINT.
@@ -39,6 +58,8 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         cache_access_mode: args.cache_access_mode.clone(),
         operator_image: args.operator_image.clone(),
         insecure_registries: args.insecure_registries.clone(),
+        max_parallel_pods: usize::from(args.max_parallel_pods),
+        pod_retention: args.pod_retention.0,
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
 }

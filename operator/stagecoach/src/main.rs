@@ -3,8 +3,10 @@
 //! its module; the work lives in the library crates.
 
 mod build;
+mod clean;
 mod controller;
 mod crd;
+mod fetch;
 mod logging;
 mod plan;
 mod push;
@@ -43,6 +45,13 @@ enum Command {
     /// A builder pod's init step: copy this binary and the build context into place.
     #[command(hide = true)]
     Prepare(stage::PrepareArgs),
+    /// Check a git source out into the build's context (what a fetch pod runs; it alone holds
+    /// the git credentials).
+    #[command(hide = true)]
+    Fetch(fetch::FetchArgs),
+    /// Remove a deleted build's directory from the cache volume (what a cleanup pod runs).
+    #[command(hide = true)]
+    Clean(clean::CleanArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,8 +71,10 @@ fn main() -> ExitCode {
         Command::Controller(args) => controller::run(&args).map_err(|e| (e.to_string(), 1)),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Stage(args) => return ExitCode::from(stage::run(&args)),
+        Command::Fetch(args) => return ExitCode::from(fetch::run(&args)),
         Command::Push(args) => push::run(&args).map_err(|e| (format!("push: {e}"), 1)),
         Command::Prepare(args) => stage::prepare(&args).map_err(|e| (format!("prepare: {e}"), 1)),
+        Command::Clean(args) => clean::run(&args).map_err(|e| (format!("clean: {e}"), 1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
