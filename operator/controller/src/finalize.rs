@@ -14,7 +14,7 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt as _;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use stagecoach_api::ImageBuild;
 
@@ -84,17 +84,11 @@ pub(crate) async fn cleanup(
     }
     let owner = Owner::of(build);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods_api
-        .list(&ListParams::default().labels(&format!("{LABEL_BUILD}={}", owner.name)))
-        .await
-        .map_err(|source| Error::Apply {
-            what: "list the build's pods".into(),
-            source,
-        })?;
+    let listed = crate::run::list_pods(&pods_api, &format!("{LABEL_BUILD}={}", owner.name)).await?;
     let cleanup_name = owner.cleanup_object();
     let mut cleanup_pod = None;
     let mut others = 0;
-    for pod in listed.items {
+    for pod in listed {
         if pod.name_any() == cleanup_name {
             cleanup_pod = Some(pod);
         } else {
@@ -129,7 +123,7 @@ pub(crate) async fn cleanup(
                 Err(kube::Error::Api(s)) if s.code == 409 => false,
                 // A namespace being deleted refuses new pods; its claim goes with it.
                 Err(kube::Error::Api(s)) if s.code == 403 => {
-                    tracing::info!(message = s.message.as_str(), "no cleanup pod allowed");
+                    tracing::info!(refusal = s.message.as_str(), "no cleanup pod allowed");
                     true
                 }
                 Err(source) => {
@@ -181,6 +175,9 @@ pub(crate) async fn cleanup(
     if let Ok(mut sources) = ctx.sources.lock() {
         sources.retain(|(uid, _), _| *uid != owner.uid);
     }
-    tracing::info!("build directory removed; finalizer released");
+    tracing::info!(
+        cleaned = cleanup_pod.is_some(),
+        "finalizer released; the build is gone"
+    );
     Ok(Action::await_change())
 }

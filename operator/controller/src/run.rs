@@ -100,15 +100,8 @@ pub(crate) async fn current_pods(
     owner: &Owner,
 ) -> Result<BTreeMap<String, Pod>, Error> {
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods_api
-        .list(&ListParams::default().labels(&format!("{LABEL_BUILD}={}", owner.name)))
-        .await
-        .map_err(|source| Error::Apply {
-            what: "list the build's pods".into(),
-            source,
-        })?;
     let mut current = BTreeMap::new();
-    for pod in listed.items {
+    for pod in list_pods(&pods_api, &format!("{LABEL_BUILD}={}", owner.name)).await? {
         match pod.labels().get(LABEL_GENERATION) {
             Some(g) if *g == owner.generation.to_string() => {
                 current.insert(pod.name_any(), pod);
@@ -119,6 +112,17 @@ pub(crate) async fn current_pods(
         }
     }
     Ok(current)
+}
+
+/// The pods a label selector picks.
+pub(crate) async fn list_pods(pods: &Api<Pod>, selector: &str) -> Result<Vec<Pod>, Error> {
+    pods.list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items)
+        .map_err(|source| Error::Apply {
+            what: format!("list the pods labelled {selector}"),
+            source,
+        })
 }
 
 /// What is left of the build's timeout, counted from the generation's start.
