@@ -27,6 +27,9 @@ pub const SPEC_DIR: &str = "/.stagecoach/spec";
 pub const CONTEXT_DIR: &str = "/.stagecoach/context";
 /// Where the init container sees the context's projected volume.
 pub const SOURCE_DIR: &str = "/.stagecoach/source";
+/// Where a stage pod unpacks the images `COPY --from` reads (inside the executor's own
+/// directory, so never in a layer).
+pub const IMAGES_DIR: &str = "/.stagecoach/images";
 /// Where the stage's declared secrets are, for `env=` secrets.
 pub const SECRETS_DIR: &str = "/.stagecoach/secrets";
 /// The cache volume.
@@ -470,6 +473,9 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         "securityContext": {"runAsUser": 0, "runAsGroup": 0, "privileged": false},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
+        // For the executor's own pulls (COPY --from=<image>): the operator image's CA
+        // certificates, which the init container copies; RUN steps get only the image's env.
+        "env": [{"name": "SSL_CERT_FILE", "value": format!("{BIN_DIR}/ca-certificates.crt")}],
     });
     if let Some(resources) = &input.spec.resources {
         stage["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);

@@ -19,7 +19,8 @@ use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{self, Base, Plan, PlanOptions};
 use stagecoach_oci::registry::ImageRef;
 use stagecoach_protocol::job::{
-    JOB_VERSION, JobBase, JobOptions, PushJob, PushResult, SecretInput, StageInput, StageJob,
+    ImageInput, ImagePull, JOB_VERSION, JobBase, JobOptions, PushJob, PushResult, SecretInput,
+    StageInput, StageJob,
 };
 use stagecoach_protocol::reason::condition_for_exit;
 use stagecoach_protocol::{CacheLayout, LayerRecord, StageResult};
@@ -1048,6 +1049,27 @@ async fn stage_job(
     .into_iter()
     .filter(|s| s.line >= first_line)
     .collect();
+    // What COPY --from=<image> reads: pulled and unpacked by the stage pod itself, into one of
+    // the executor's own directories.
+    let mut images = Vec::new();
+    for (n, name) in plan.stages[i].images.iter().enumerate() {
+        if !resolved.contains_key(name) {
+            let r = resolve(ctx, name).await?;
+            resolved.insert(name.clone(), r);
+        }
+        let r = resolved
+            .get(name)
+            .ok_or_else(|| Error::Plan(format!("{name} was not resolved")))?;
+        images.push(ImageInput {
+            name: name.clone(),
+            root: std::path::Path::new(pods::IMAGES_DIR).join(n.to_string()),
+            pull: Some(ImagePull {
+                reference: r.pinned.clone(),
+                layers: r.layers.clone(),
+                insecure_registries: ctx.settings.insecure_registries.clone(),
+            }),
+        });
+    }
     let layout = CacheLayout::new(CACHE_DIR);
     let (_, secret_paths) = pods::declared_secrets(spec, &mounts);
     let exported = plan
@@ -1081,7 +1103,7 @@ async fn stage_job(
                 root: std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, j)),
             })
             .collect(),
-        images: vec![],
+        images,
         secrets: secret_paths
             .into_iter()
             .map(|(id, path)| SecretInput {

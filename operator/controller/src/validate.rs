@@ -207,12 +207,6 @@ pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecEr
         global,
     };
     for &index in plan.waves.iter().flatten() {
-        if let Some(image) = plan.stages[index].images.first() {
-            return Err(SpecError::Dockerfile(format!(
-                "Dockerfile: stage {}: COPY --from or RUN --mount from an image ({image}) is not supported in a builder pod yet; name it as a stage instead (FROM {image} AS files) and copy from that stage",
-                plan.stages[index].label()
-            )));
-        }
         let stage = &dockerfile.stages[index];
         // Without the base image's config here a relative target may still move (its
         // WORKDIR); what a pod cannot provide at all does not depend on that.
@@ -223,8 +217,25 @@ pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecEr
             }
             MountPlanError::State { .. } => SpecError::Dockerfile(format!("Dockerfile: {e}")),
         })?;
+        let is_stage = |from: &str| {
+            from.parse::<usize>().is_ok()
+                || plan
+                    .stages
+                    .iter()
+                    .any(|s| s.name.as_deref() == Some(from.to_ascii_lowercase().as_str()))
+        };
         for step in steps {
             for need in &step.mounts {
+                if let MountNeed::Bind {
+                    from: Some(from), ..
+                } = need
+                    && !is_stage(from)
+                {
+                    return Err(SpecError::Dockerfile(format!(
+                        "Dockerfile: line {}: RUN --mount=from={from} (an image) is not supported in a builder pod yet; name it as a stage instead (FROM {from} AS files) and mount from that stage",
+                        step.line
+                    )));
+                }
                 if let MountNeed::Bind {
                     readonly: false,
                     target,
@@ -272,16 +283,21 @@ mod tests {
     }
 
     #[test]
-    fn copying_from_an_image_is_refused_with_the_way_around_it() {
+    fn mounting_from_an_image_is_refused_with_the_way_around_it_and_copying_is_not() {
         let err = validate(
-            &inline("FROM busybox AS app\nCOPY --from=golang:1.22 /usr/local/go /go\n"),
+            &inline("FROM busybox AS app\nRUN --mount=from=golang:1.22,target=/go true\n"),
             &ok(),
         )
         .unwrap_err();
         assert_eq!(err.reason(), Reason::InvalidDockerfile);
         let message = err.to_string();
-        assert!(message.contains("stage app"), "{message}");
+        assert!(message.contains("line 2"), "{message}");
         assert!(message.contains("FROM golang:1.22 AS files"), "{message}");
+        validate(
+            &inline("FROM busybox AS deps\nFROM busybox\nRUN --mount=from=deps,target=/d --mount=from=0,target=/e true\nCOPY --from=golang:1.22 /usr/local/go /go\n"),
+            &ok(),
+        )
+        .unwrap();
     }
 
     #[test]

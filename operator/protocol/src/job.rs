@@ -125,6 +125,23 @@ pub struct ImageInput {
     pub name: String,
     /// The directory holding its unpacked root filesystem.
     pub root: PathBuf,
+    /// In a builder pod: the image to pull and unpack into `root` before the stage runs
+    /// (locally the build has unpacked it already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<ImagePull>,
+}
+
+/// An image a builder pod pulls for `COPY --from=<image>`, as the controller resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePull {
+    /// The image pinned by its manifest digest.
+    pub reference: String,
+    /// Its layers, in order, with their diffIDs.
+    pub layers: Vec<LayerRecord>,
+    /// Registries reached over plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// A build secret.

@@ -105,11 +105,14 @@ pub enum StageReason {
     ConfigFailed,
     /// Other file-system work failed.
     IoFailed,
+    /// An image `COPY --from` names could not be pulled into the pod (the registry, a
+    /// retry may pass).
+    PullFailed,
 }
 
 impl StageReason {
     /// Every stage reason.
-    pub const ALL: [StageReason; 19] = [
+    pub const ALL: [StageReason; 20] = [
         StageReason::RunFailed,
         StageReason::InvalidInstruction,
         StageReason::CopyFailed,
@@ -129,6 +132,7 @@ impl StageReason {
         StageReason::PathResolveFailed,
         StageReason::ConfigFailed,
         StageReason::IoFailed,
+        StageReason::PullFailed,
     ];
 
     /// The reason as results, status and metrics spell it.
@@ -153,6 +157,7 @@ impl StageReason {
             StageReason::PathResolveFailed => "PathResolveFailed",
             StageReason::ConfigFailed => "ConfigFailed",
             StageReason::IoFailed => "IoFailed",
+            StageReason::PullFailed => "PullFailed",
         }
     }
 
@@ -179,7 +184,8 @@ impl StageReason {
             | StageReason::SourceReadFailed
             | StageReason::PathResolveFailed
             | StageReason::ConfigFailed
-            | StageReason::IoFailed => Some(ExitCode::Infrastructure),
+            | StageReason::IoFailed
+            | StageReason::PullFailed => Some(ExitCode::Infrastructure),
         }
     }
 
@@ -207,7 +213,8 @@ impl StageReason {
             | StageReason::SourceReadFailed
             | StageReason::PathResolveFailed
             | StageReason::ConfigFailed
-            | StageReason::IoFailed => Reason::PodFailed,
+            | StageReason::IoFailed
+            | StageReason::PullFailed => Reason::PodFailed,
         }
     }
 

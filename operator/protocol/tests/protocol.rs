@@ -13,7 +13,7 @@ use ExitCode::{BadInput, Infrastructure, InstructionFailed};
 use Reason::{PodFailed, StageFailed};
 
 /// The table the docs (docs/builder.md) show: spelling, exit code, condition.
-const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 19] = [
+const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 20] = [
     (
         StageReason::RunFailed,
         "RunFailed",
@@ -125,6 +125,12 @@ const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 19] = [
     (
         StageReason::IoFailed,
         "IoFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::PullFailed,
+        "PullFailed",
         Some(Infrastructure),
         PodFailed,
     ),

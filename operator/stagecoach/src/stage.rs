@@ -82,6 +82,11 @@ fn read_job(path: &Path) -> Result<StageJob, String> {
 }
 
 fn run_one(job: &StageJob) -> StageResult {
+    if let Err(message) = pull_images(job) {
+        let reason = StageReason::PullFailed;
+        let code = reason.exit_code().map_or(3, |c| c.code());
+        return StageResult::failed_early(reason, code, message);
+    }
     let runner = match InPlaceRunner::with_current_exe() {
         Ok(r) => r,
         Err(e) => {
@@ -112,6 +117,57 @@ fn run_one(job: &StageJob) -> StageResult {
     }
 }
 
+/// Pulls and unpacks the images `COPY --from` reads that the pod does not have yet: into the
+/// cache's content store (shared, so a later stage or build fetches nothing twice), then
+/// into the image's directory, which is one of the executor's own (never in a layer). This
+/// container runs user code later, so the pull is anonymous: no credentials are here.
+fn pull_images(job: &StageJob) -> Result<(), String> {
+    let pulls: Vec<_> = job
+        .images
+        .iter()
+        .filter_map(|i| i.pull.as_ref().map(|p| (i, p)))
+        .filter(|(i, _)| !i.root.exists())
+        .collect();
+    if pulls.is_empty() {
+        return Ok(());
+    }
+    let store = stagecoach_oci::ContentStore::open(&job.cache).map_err(|e| e.to_string())?;
+    let runtime = crate::build::pull::runtime().map_err(|e| e.to_string())?;
+    for (image, pull) in pulls {
+        let failed = |what: &str, e: &dyn std::fmt::Display| {
+            format!("COPY --from={}: {what} {}: {e}", image.name, pull.reference)
+        };
+        let reference = stagecoach_oci::registry::ImageRef::parse(&pull.reference)
+            .map_err(|e| failed("cannot parse", &e))?;
+        let client = crate::build::pull::client_anonymous(&pull.insecure_registries);
+        let started = std::time::Instant::now();
+        runtime
+            .block_on(client.pull_image(&store, &reference))
+            .map_err(|e| failed("cannot pull", &e))?;
+        // Unpacked beside the final name, then renamed: a retried pod never sees half a root.
+        let staging = image.root.with_extension("partial");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| failed("cannot clear", &e))?;
+        }
+        std::fs::create_dir_all(&staging).map_err(|e| failed("cannot unpack", &e))?;
+        stagecoach_builder::job::apply_layers(
+            &store,
+            &staging,
+            &pull.layers,
+            &stagecoach_oci::ApplyOptions::default(),
+        )
+        .map_err(|e| failed("cannot unpack", &e))?;
+        std::fs::rename(&staging, &image.root).map_err(|e| failed("cannot unpack", &e))?;
+        tracing::info!(
+            "[{}] pulled {} for COPY --from ({:.1}s)",
+            job.label,
+            pull.reference,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 /// Writes the result atomically (the directory is made first: the stage's own directory on
 /// the cache volume may not exist yet).
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -128,6 +184,9 @@ pub fn exec_step(args: &[std::ffi::OsString]) -> u8 {
     eprintln!("{error}");
     error.exit_code()
 }
+
+/// The operator image's CA certificates.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Arguments of `stagecoach prepare`, a builder pod's init container (in the operator image):
 /// it copies this static binary to where the stage container runs it from, and the build
@@ -153,6 +212,12 @@ pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
     let dest = args.binary_to.join("stagecoach");
     std::fs::copy(&exe, &dest)?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    // The stage pulls COPY --from images over TLS, and a base image need not carry CA
+    // certificates: the operator image's go along (the pod points SSL_CERT_FILE at them).
+    let bundle = Path::new(CA_BUNDLE);
+    if bundle.exists() {
+        std::fs::copy(bundle, args.binary_to.join("ca-certificates.crt"))?;
+    }
     if let (Some(from), Some(to)) = (&args.context_from, &args.context_to) {
         let n = stagecoach_builder::context::copy_projected(from, to)?;
         tracing::info!("[prepare] {n} context files in {}", to.display());

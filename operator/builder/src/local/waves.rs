@@ -273,6 +273,7 @@ impl LocalBuild<'_> {
             out.push(ImageInput {
                 name: name.clone(),
                 root,
+                pull: None,
             });
         }
         Ok(out)

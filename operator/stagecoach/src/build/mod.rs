@@ -10,7 +10,7 @@
 //! roots live in a work directory under the cache directory that is removed when the build
 //! ends, successful or not; layers and cache keys stay in the cache for the next build.
 
-mod pull;
+pub(crate) mod pull;
 
 use std::path::PathBuf;
 

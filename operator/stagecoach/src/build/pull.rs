@@ -28,6 +28,17 @@ pub fn client(insecure: &[String]) -> Result<RegistryClient, BuildError> {
     Ok(RegistryClient::new(credentials, options))
 }
 
+/// A client without credentials, for pulls in a container where user code runs.
+pub fn client_anonymous(insecure: &[String]) -> RegistryClient {
+    RegistryClient::new(
+        Credentials::anonymous(),
+        ClientOptions {
+            insecure_registries: insecure.to_vec(),
+            ..ClientOptions::default()
+        },
+    )
+}
+
 /// A current-thread runtime: pulls run concurrently as futures, no worker threads needed.
 pub fn runtime() -> Result<tokio::runtime::Runtime, BuildError> {
     tokio::runtime::Builder::new_current_thread()
