@@ -221,10 +221,7 @@ pub async fn run(
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         registry: Arc::new(stagecoach_oci::registry::RegistryClient::new(
             stagecoach_oci::registry::Credentials::anonymous(),
-            stagecoach_oci::registry::ClientOptions {
-                insecure_registries: settings.insecure_registries.clone(),
-                ..stagecoach_oci::registry::ClientOptions::default()
-            },
+            registry_options(&settings),
         )),
         client,
         settings,
@@ -273,7 +270,15 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
     {
         return run::expire_pods(&ctx, &build, &namespace).await;
     }
-    let fetched = fetch(&ctx.client, &build, &namespace).await?;
+    let (fetched, credentials) = fetch(&ctx.client, &build, &namespace).await?;
+    // Base images resolve with the push secret's logins when there are some.
+    let registry = match credentials {
+        Some(c) => Arc::new(stagecoach_oci::registry::RegistryClient::new(
+            c,
+            registry_options(&ctx.settings),
+        )),
+        None => ctx.registry.clone(),
+    };
     let mut retry_after = None;
     let mut images = Vec::new();
     let mut source = None;
@@ -319,7 +324,9 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             match known {
                 Err((reason, message)) => (reason, message, Vec::new()),
                 Ok((plan, text)) => {
-                    match run::drive(&ctx, &build, &namespace, &text, &plan, &current).await {
+                    match run::drive(&ctx, &registry, &build, &namespace, &text, &plan, &current)
+                        .await
+                    {
                         Ok(verdict) => {
                             images = verdict.images;
                             retry_after = verdict.requeue;
@@ -382,6 +389,13 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
         failures.remove(&ObjectRef::from(build.as_ref()));
     }
     Ok(Action::await_change())
+}
+
+fn registry_options(settings: &Settings) -> stagecoach_oci::registry::ClientOptions {
+    stagecoach_oci::registry::ClientOptions {
+        insecure_registries: settings.insecure_registries.clone(),
+        ..stagecoach_oci::registry::ClientOptions::default()
+    }
 }
 
 /// The next wait of an object's backoff (2 s doubling to five minutes), counting this failure.
@@ -480,8 +494,17 @@ async fn ensure_cache_claim(ctx: &Context, namespace: &str) -> Result<(), Error>
     }
 }
 
-/// The fetch step: the objects the spec names, as far as validation needs them.
-async fn fetch(client: &Client, build: &ImageBuild, namespace: &str) -> Result<Fetched, Error> {
+/// The key of a `kubernetes.io/dockerconfigjson` Secret.
+const DOCKER_CONFIG_KEY: &str = ".dockerconfigjson";
+
+/// The fetch step: the objects the spec names, as far as validation needs them, and the
+/// push secret's registry logins.
+async fn fetch(
+    client: &Client,
+    build: &ImageBuild,
+    namespace: &str,
+) -> Result<(Fetched, Option<stagecoach_oci::registry::Credentials>), Error> {
+    let mut credentials = None;
     let spec = &build.spec;
     let fetch_err = |what: String| move |source| Error::Fetch { what, source };
     let mut fetched = Fetched {
@@ -511,14 +534,23 @@ async fn fetch(client: &Client, build: &ImageBuild, namespace: &str) -> Result<F
         if fetched.secret_keys.contains_key(&name) {
             continue;
         }
-        // Only the key names are kept: values are never read into the controller's state.
+        // Only the key names are kept, but for the push secret's registry logins, which
+        // resolve private base images in this reconcile and are never written anywhere.
         if let Some(secret) = secrets
             .get_opt(&name)
             .await
             .map_err(fetch_err(format!("Secret {name}")))?
         {
-            let keys = secret.data.unwrap_or_default().into_keys().collect();
-            fetched.secret_keys.insert(name, keys);
+            let data = secret.data.unwrap_or_default();
+            if spec.push_secret.as_ref().is_some_and(|p| p.name == name)
+                && let Some(config) = data.get(DOCKER_CONFIG_KEY)
+            {
+                match stagecoach_oci::registry::Credentials::from_json(&config.0) {
+                    Ok(c) => credentials = Some(c),
+                    Err(e) => fetched.push_secret_error = Some(e.to_string()),
+                }
+            }
+            fetched.secret_keys.insert(name, data.into_keys().collect());
         }
     }
     if let Some(cache) = &spec.cache {
@@ -532,5 +564,5 @@ async fn fetch(client: &Client, build: &ImageBuild, namespace: &str) -> Result<F
             )))?
             .is_some();
     }
-    Ok(fetched)
+    Ok((fetched, credentials))
 }

@@ -505,6 +505,11 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     if let Some(account) = &input.spec.service_account_name {
         pod_spec["serviceAccountName"] = json!(account);
     }
+    // The kubelet pulls a private base image with the push secret's logins; they never
+    // reach a container.
+    if let Some(secret) = &input.spec.push_secret {
+        pod_spec["imagePullSecrets"] = json!([{"name": secret.name}]);
+    }
     if let Some(seconds) = input.deadline_seconds {
         pod_spec["activeDeadlineSeconds"] = json!(seconds.max(1));
     }
@@ -870,6 +875,7 @@ mod tests {
         let tmpfs = volumes.iter().find(|v| v["name"] == "tmpfs-0").unwrap();
         assert_eq!(tmpfs["emptyDir"]["medium"], "Memory");
         assert_eq!(spec["activeDeadlineSeconds"], 600);
+        assert!(spec.get("imagePullSecrets").is_none());
     }
 
     #[test]
@@ -879,6 +885,12 @@ mod tests {
         let spec = spec();
         let job = job();
         let context = ContextSource::Cache("builds/u-1/context".into());
+        let spec = ImageBuildSpec {
+            push_secret: Some(stagecoach_api::SecretReference {
+                name: "regcred".into(),
+            }),
+            ..spec
+        };
         let (map, pod) = stage_pod(&StagePod {
             owner: &owner,
             spec: &spec,
@@ -901,6 +913,9 @@ mod tests {
         let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
         assert_eq!(spec["volumes"][2]["configMap"]["name"], "web-g3-s2");
         assert!(spec.get("activeDeadlineSeconds").is_none());
+        // The kubelet may pull a private base image; no container sees the logins.
+        assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert!(!spec.to_string().contains("\"secretName\":\"regcred\""));
         let mounts: BTreeMap<String, Value> = spec["containers"][0]["volumeMounts"]
             .as_array()
             .unwrap()

@@ -208,8 +208,10 @@ fn latest_attempt<'p>(
 }
 
 /// Drives the generation's stage pods; returns its state.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn drive(
     ctx: &Context,
+    registry: &stagecoach_oci::registry::RegistryClient,
     build: &ImageBuild,
     namespace: &str,
     dockerfile_text: &str,
@@ -357,6 +359,7 @@ pub(crate) async fn drive(
         for i in ready.into_iter().take(room) {
             let (job, image, mounts) = stage_job(
                 ctx,
+                registry,
                 build,
                 &owner,
                 &dockerfile,
@@ -919,13 +922,15 @@ fn stage_entries(
 
 /// Resolves an image reference to its manifest, config and layers (anonymous pulls; the
 /// registries in `--insecure-registry` over plain HTTP).
-async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
+async fn resolve(
+    client: &stagecoach_oci::registry::RegistryClient,
+    reference: &str,
+) -> Result<Resolved, Error> {
     let err = |message: String| Error::Resolve {
         image: reference.to_string(),
         message,
     };
     let parsed = ImageRef::parse(reference).map_err(|e| err(e.to_string()))?;
-    let client = &ctx.registry;
     let manifest = client
         .pull_manifest(&parsed)
         .await
@@ -951,6 +956,7 @@ async fn resolve(ctx: &Context, reference: &str) -> Result<Resolved, Error> {
 #[allow(clippy::too_many_arguments)]
 async fn stage_job(
     ctx: &Context,
+    registry: &stagecoach_oci::registry::RegistryClient,
     build: &ImageBuild,
     owner: &Owner,
     dockerfile: &Dockerfile,
@@ -970,7 +976,7 @@ async fn stage_job(
     let root_image = match &plan.stages[root].base {
         Base::Image(image) => {
             if !resolved.contains_key(image) {
-                let r = resolve(ctx, image).await?;
+                let r = resolve(registry, image).await?;
                 resolved.insert(image.clone(), r);
             }
             resolved.get(image).cloned()
@@ -1054,7 +1060,7 @@ async fn stage_job(
     let mut images = Vec::new();
     for (n, name) in plan.stages[i].images.iter().enumerate() {
         if !resolved.contains_key(name) {
-            let r = resolve(ctx, name).await?;
+            let r = resolve(registry, name).await?;
             resolved.insert(name.clone(), r);
         }
         let r = resolved

@@ -23,6 +23,8 @@ pub struct Fetched {
     pub secret_keys: BTreeMap<String, Vec<String>>,
     /// Whether `spec.cache.claimName` exists (true when no claim is named).
     pub claim_exists: bool,
+    /// Why the push secret's `.dockerconfigjson` does not read as registry logins.
+    pub push_secret_error: Option<String>,
 }
 
 /// A spec that cannot be built as it is; final until the spec changes.
@@ -70,13 +72,28 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
     {
         ImageRef::parse(image).map_err(|e| invalid(format!("image {image:?}: {e}")))?;
     }
-    if let Some(push) = &spec.push_secret
-        && !fetched.secret_keys.contains_key(&push.name)
-    {
-        return Err(invalid(format!(
-            "spec.pushSecret: Secret {:?} does not exist in this namespace",
-            push.name
-        )));
+    if let Some(push) = &spec.push_secret {
+        match fetched.secret_keys.get(&push.name) {
+            None => {
+                return Err(invalid(format!(
+                    "spec.pushSecret: Secret {:?} does not exist in this namespace",
+                    push.name
+                )));
+            }
+            Some(keys) if !keys.iter().any(|k| k == ".dockerconfigjson") => {
+                return Err(invalid(format!(
+                    "spec.pushSecret: Secret {:?} has no key \".dockerconfigjson\" (it must be of type kubernetes.io/dockerconfigjson, e.g. from kubectl create secret docker-registry)",
+                    push.name
+                )));
+            }
+            Some(_) => {}
+        }
+        if let Some(error) = &fetched.push_secret_error {
+            return Err(invalid(format!(
+                "spec.pushSecret: Secret {:?}: {error}",
+                push.name
+            )));
+        }
     }
     for secret in &spec.secrets {
         let reference = &secret.secret_key_ref;
@@ -388,6 +405,36 @@ mod tests {
                 ok(),
                 Reason::InvalidSpec,
                 "\"regcred\" does not exist",
+            ),
+            (
+                ImageBuildSpec {
+                    push_secret: Some(SecretReference {
+                        name: "regcred".into(),
+                    }),
+                    ..inline("FROM scratch\n")
+                },
+                Fetched {
+                    secret_keys: [("regcred".to_string(), vec!["token".to_string()])].into(),
+                    ..ok()
+                },
+                Reason::InvalidSpec,
+                "kubernetes.io/dockerconfigjson",
+            ),
+            (
+                ImageBuildSpec {
+                    push_secret: Some(SecretReference {
+                        name: "regcred".into(),
+                    }),
+                    ..inline("FROM scratch\n")
+                },
+                Fetched {
+                    secret_keys: [("regcred".to_string(), vec![".dockerconfigjson".to_string()])]
+                        .into(),
+                    push_secret_error: Some("not a docker config.json document".into()),
+                    ..ok()
+                },
+                Reason::InvalidSpec,
+                "not a docker config.json document",
             ),
             (
                 ImageBuildSpec {
