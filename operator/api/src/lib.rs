@@ -14,7 +14,7 @@ pub mod status;
 pub mod timeout;
 
 pub use crd::{CRD_PATH, RenderError, crd, crd_yaml};
-pub use reason::{ConditionStatus, Reason, SUCCEEDED};
+pub use reason::{ConditionStatus, READY, RECONCILING, Reason, STALLED, SUCCEEDED};
 pub use spec::{
     BuildSecret, CacheSpec, ConfigMapSource, DEFAULT_DOCKERFILE, DEFAULT_TIMEOUT, GitSource,
     ImageBuild, ImageBuildSpec, InlineSource, SecretKeyReference, SecretReference, Source,

@@ -2,4 +2,6 @@
 //! `stagecoach-protocol` (the stage protocol maps a stage's failure onto them), and
 //! re-exported here so users of the API types find them beside the status.
 
-pub use stagecoach_protocol::condition::{ConditionStatus, Reason, SUCCEEDED, UnknownReason};
+pub use stagecoach_protocol::condition::{
+    ConditionStatus, READY, RECONCILING, Reason, STALLED, SUCCEEDED, UnknownReason,
+};

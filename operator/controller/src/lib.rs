@@ -14,6 +14,8 @@
 //! succeeds, fails or times out (docs/architecture.md, "The operator").
 
 mod finalize;
+pub mod logs;
+pub mod metrics;
 pub mod pods;
 mod run;
 mod source;
@@ -64,6 +66,8 @@ pub struct Settings {
     /// How long a finished build's pods stay (`None`: until the next generation or the
     /// build's deletion).
     pub pod_retention: Option<Duration>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not served).
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -77,6 +81,7 @@ impl Default for Settings {
             insecure_registries: Vec::new(),
             max_parallel_pods: 8,
             pod_retention: Some(Duration::from_secs(24 * 3600)),
+            metrics_address: None,
         }
     }
 }
@@ -95,6 +100,8 @@ pub struct Context {
     /// Fetched git sources by build uid and generation: the commit and the Dockerfile (read
     /// once from the fetch pod's log).
     sources: Arc<Mutex<HashMap<BuildGeneration, FetchedSource>>>,
+    /// What the controller counts.
+    metrics: Arc<metrics::Metrics>,
 }
 
 /// A build's uid and generation.
@@ -227,7 +234,18 @@ pub async fn run(
         settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
         sources: Arc::new(Mutex::new(HashMap::new())),
+        metrics: Arc::new(metrics::Metrics::default()),
     });
+    if let Some(address) = context.settings.metrics_address {
+        let metrics = context.metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(address, metrics).await {
+                tracing::error!(%address, error = %e, "cannot serve /metrics, /healthz and /readyz");
+            }
+        });
+    }
+    // The ImageBuild API was listed above: the watch can start.
+    context.metrics.set_ready();
     tracing::info!(
         namespace = namespace.unwrap_or("*"),
         "stagecoach controller watching ImageBuilds"
@@ -281,6 +299,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
     };
     let mut retry_after = None;
     let mut images = Vec::new();
+    let mut steps = std::collections::BTreeMap::new();
     let mut source = None;
     let (reason, message, stages) = match validate(&build.spec, &fetched) {
         Err(e) => (e.reason(), e.to_string(), Vec::new()),
@@ -329,6 +348,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                     {
                         Ok(verdict) => {
                             images = verdict.images;
+                            steps = verdict.steps;
                             retry_after = verdict.requeue;
                             (verdict.reason, verdict.message, verdict.stages)
                         }
@@ -366,6 +386,8 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             .await
             .map_err(Error::Status)?;
         tracing::info!(reason = reason.as_str(), generation, "status written");
+        ctx.metrics
+            .observe(&metrics::change(previous, &status, &steps));
         let changed = previous.and_then(|p| {
             p.succeeded()
                 .map(|c| (c.reason.clone(), c.observed_generation))
@@ -437,6 +459,7 @@ pub(crate) async fn publish(
 /// Transient failures back off per object: 2 s, 4 s, 8 s … up to five minutes.
 fn error_policy(build: Arc<ImageBuild>, error: &Error, ctx: Arc<Context>) -> Action {
     let wait = backoff(&ctx, &build);
+    ctx.metrics.reconcile_error(error.reason());
     tracing::warn!(reason = error.reason(), error = %error, ?wait, "retrying");
     Action::requeue(wait)
 }

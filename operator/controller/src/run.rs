@@ -79,6 +79,8 @@ pub(crate) struct Verdict {
     pub images: Vec<ImageStatus>,
     /// Look again after this long even if nothing changes (the build's deadline).
     pub requeue: Option<std::time::Duration>,
+    /// Instructions of each succeeded stage, by status name (for the metrics).
+    pub steps: BTreeMap<String, u64>,
 }
 
 impl Verdict {
@@ -89,6 +91,7 @@ impl Verdict {
             stages,
             images: Vec::new(),
             requeue: None,
+            steps: BTreeMap::new(),
         }
     }
 }
@@ -270,6 +273,14 @@ pub(crate) async fn drive(
     }
 
     let mut stages = stage_entries(plan, &needed, &progress, current, &owner);
+    // Instructions per finished stage, for the cache-miss count.
+    let steps: BTreeMap<String, u64> = progress
+        .iter()
+        .filter_map(|(&i, p)| match p {
+            Progress::Succeeded(r) => Some((stage_label(plan, i), r.steps.len() as u64)),
+            _ => None,
+        })
+        .collect();
     let left = time_left(build);
 
     // The first failure ends the generation, and so does the timeout.
@@ -317,7 +328,9 @@ pub(crate) async fn drive(
                 ),
             ),
         };
-        return Ok(Verdict::new(reason, message, stages));
+        let mut verdict = Verdict::new(reason, message, stages);
+        verdict.steps = steps;
+        return Ok(verdict);
     }
 
     if plan
@@ -330,6 +343,7 @@ pub(crate) async fn drive(
         )
         .await?;
         verdict.requeue = left;
+        verdict.steps = steps;
         return Ok(verdict);
     }
 
@@ -450,6 +464,7 @@ pub(crate) async fn drive(
     }
     let mut verdict = Verdict::new(Reason::Building, message, stages);
     verdict.requeue = left;
+    verdict.steps = steps;
     Ok(verdict)
 }
 

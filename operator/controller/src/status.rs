@@ -6,7 +6,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use stagecoach_api::bounds;
-use stagecoach_api::{ImageBuildStatus, Reason, SUCCEEDED, StageState, StageStatus};
+use stagecoach_api::{
+    ConditionStatus, ImageBuildStatus, READY, RECONCILING, Reason, STALLED, SUCCEEDED, StageState,
+    StageStatus,
+};
 use stagecoach_dockerfile::planner::Plan;
 
 /// One `Pending` entry per stage the plan needs, in Dockerfile order, named as the API
@@ -38,26 +41,46 @@ pub fn with_reason(
     stages: Vec<StageStatus>,
     now: Time,
 ) -> ImageBuildStatus {
-    let status = reason.status().as_str().to_string();
-    let old = previous.and_then(ImageBuildStatus::succeeded);
-    let last_transition_time = match old {
-        Some(c) if c.status == status && c.observed_generation == Some(generation) => {
-            c.last_transition_time.clone()
+    let message = truncate(message, bounds::MAX_CONDITION_MESSAGE as usize);
+    // Each condition keeps its lastTransitionTime while its status stays.
+    let condition = |type_: &str, status: ConditionStatus| {
+        let status = status.as_str().to_string();
+        let last_transition_time =
+            match previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_)) {
+                Some(c) if c.status == status && c.observed_generation == Some(generation) => {
+                    c.last_transition_time.clone()
+                }
+                _ => now.clone(),
+            };
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.as_str().to_string(),
+            message: message.clone(),
+            last_transition_time,
+            observed_generation: Some(generation),
         }
-        _ => now.clone(),
     };
-    let condition = Condition {
-        type_: SUCCEEDED.to_string(),
-        status,
-        reason: reason.as_str().to_string(),
-        message: truncate(message, bounds::MAX_CONDITION_MESSAGE as usize),
-        last_transition_time,
-        observed_generation: Some(generation),
+    let verdict = reason.status();
+    let flag = |on: bool| {
+        if on {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
     };
+    // Succeeded is ours; Ready, Reconciling and Stalled say the same in the words kstatus,
+    // Flux and Argo CD read.
+    let conditions = vec![
+        condition(SUCCEEDED, verdict),
+        condition(READY, verdict),
+        condition(RECONCILING, flag(verdict == ConditionStatus::Unknown)),
+        condition(STALLED, flag(verdict == ConditionStatus::False)),
+    ];
     let same_generation = previous.and_then(|p| p.observed_generation) == Some(generation);
     let done = reason.status() != stagecoach_api::ConditionStatus::Unknown;
     ImageBuildStatus {
-        conditions: vec![condition],
+        conditions,
         observed_generation: Some(generation),
         start_time: previous
             .filter(|_| same_generation)

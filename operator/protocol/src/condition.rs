@@ -11,6 +11,18 @@ use std::str::FromStr;
 /// --for=condition=Succeeded`).
 pub const SUCCEEDED: &str = "Succeeded";
 
+/// The condition GitOps tools and `kstatus` read: True once the image is pushed, False when
+/// the build failed, Unknown while it runs. It mirrors `Succeeded`.
+pub const READY: &str = "Ready";
+
+/// `kstatus`'s "abnormal-true" condition for work in progress: True while the build is
+/// pending or running.
+pub const RECONCILING: &str = "Reconciling";
+
+/// `kstatus`'s "abnormal-true" condition for a failure that needs a change to the spec (or a
+/// new try): True when the build failed.
+pub const STALLED: &str = "Stalled";
+
 /// A condition's status, as Kubernetes spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConditionStatus {

@@ -36,6 +36,9 @@ pub struct ControllerArgs {
     /// keeps them until the spec changes or the build is deleted.
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_retention)]
     pod_retention: Retention,
+    /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:8080; none when absent).
+    #[arg(long, value_name = "ADDRESS")]
+    metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// `--pod-retention`: a duration, or none.
@@ -60,6 +63,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         insecure_registries: args.insecure_registries.clone(),
         max_parallel_pods: usize::from(args.max_parallel_pods),
         pod_retention: args.pod_retention.0,
+        metrics_address: args.metrics_address,
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
 }

@@ -8,6 +8,7 @@ mod controller;
 mod crd;
 mod fetch;
 mod logging;
+mod logs;
 mod plan;
 mod push;
 mod stage;
@@ -35,6 +36,9 @@ enum Command {
     Crd(crd::CrdArgs),
     /// Build a Dockerfile's targets on this machine (RUN steps under runc; needs root).
     Build(build::BuildArgs),
+    /// Print the logs of a build's pods, each line prefixed by its stage (also works as
+    /// `kubectl stagecoach logs` with this binary on PATH as kubectl-stagecoach).
+    Logs(logs::LogsArgs),
     /// Parse a Dockerfile and print its stage graph, the stages the targets need and the waves.
     Plan(plan::PlanArgs),
     /// Run one stage job in place (what a builder pod runs; RUN steps run in this container).
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Crd(args) => crd::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Controller(args) => controller::run(&args).map_err(|e| (e.to_string(), 1)),
+        Command::Logs(args) => logs::run(&args).map_err(|e| (e.to_string(), 1)),
         Command::Plan(args) => plan::run(&args).map_err(|e| (e.to_string(), e.exit_code())),
         Command::Stage(args) => return ExitCode::from(stage::run(&args)),
         Command::Fetch(args) => return ExitCode::from(fetch::run(&args)),
