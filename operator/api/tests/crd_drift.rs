@@ -15,6 +15,23 @@ fn committed_path() -> PathBuf {
         .join(stagecoach_api::CRD_PATH)
 }
 
+/// The chart's copy (Helm installs `crds/` of a chart as they are; it cannot point elsewhere).
+fn chart_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../charts/stagecoach/crds/imagebuilds.stagecoach.dev.yaml")
+}
+
+#[test]
+fn the_charts_crd_is_the_committed_one() {
+    let committed = std::fs::read_to_string(committed_path()).expect("the committed CRD");
+    let chart = std::fs::read_to_string(chart_path()).unwrap_or_default();
+    assert!(
+        chart == committed,
+        "charts/stagecoach/crds/imagebuilds.stagecoach.dev.yaml differs from {}; regenerate both with\n  STAGECOACH_UPDATE_CRDS=1 cargo test -p stagecoach-api --test crd_drift",
+        stagecoach_api::CRD_PATH
+    );
+}
+
 #[test]
 fn committed_crd_matches_the_types() {
     let generated = stagecoach_api::crd_yaml().expect("the CRD renders");
@@ -22,6 +39,7 @@ fn committed_crd_matches_the_types() {
 
     if std::env::var_os("STAGECOACH_UPDATE_CRDS").is_some_and(|v| v == "1") {
         std::fs::write(&path, &generated).expect("write the CRD file");
+        std::fs::write(chart_path(), &generated).expect("write the chart's CRD file");
         eprintln!("rewrote {}", path.display());
         return;
     }
