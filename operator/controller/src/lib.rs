@@ -68,6 +68,9 @@ pub struct Settings {
     pub pod_retention: Option<Duration>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not served).
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Leader election: the namespace of the Lease that elects one active replica (`None`:
+    /// this process is the only one and reconciles at once).
+    pub leader_election_namespace: Option<String>,
 }
 
 impl Default for Settings {
@@ -82,6 +85,7 @@ impl Default for Settings {
             max_parallel_pods: 8,
             pod_retention: Some(Duration::from_secs(24 * 3600)),
             metrics_address: None,
+            leader_election_namespace: None,
         }
     }
 }
@@ -189,7 +193,20 @@ pub enum RunError {
     /// The ImageBuild API is not served (the CRD is not installed) or not readable.
     #[error("cannot list ImageBuilds (is the CRD from crds/ installed?): {0}")]
     Crd(#[source] kube::Error),
+    /// The leader-election Lease could not be used.
+    #[error("leader election (Lease {LEASE_NAME}): {0}")]
+    Lease(String),
+    /// Another replica holds the Lease now: this one stops (and is restarted as a standby)
+    /// rather than reconcile next to it.
+    #[error("lost the leader-election Lease {LEASE_NAME}; stopping so only one replica reconciles")]
+    LostLease,
 }
+
+/// The Lease that elects the active replica.
+pub const LEASE_NAME: &str = "stagecoach-controller";
+/// How long a leader's Lease lasts without renewal: a standby takes over within this (plus
+/// its next attempt) when the leader dies.
+pub const LEASE_SECONDS: u64 = 15;
 
 /// Connects with the kubeconfig (or, in a pod, the in-cluster configuration) and runs the
 /// controller until a termination signal: what `stagecoach controller` calls.
@@ -244,8 +261,13 @@ pub async fn run(
             }
         });
     }
-    // The ImageBuild API was listed above: the watch can start.
+    // The ImageBuild API was listed above: the process is ready (a standby too: it serves
+    // its metrics and waits for the Lease).
     context.metrics.set_ready();
+    let mut lease = match &context.settings.leader_election_namespace {
+        None => None,
+        Some(lease_namespace) => Some(acquire_lease(&context.client, lease_namespace).await?),
+    };
     tracing::info!(
         namespace = namespace.unwrap_or("*"),
         "stagecoach controller watching ImageBuilds"
@@ -254,7 +276,7 @@ pub async fn run(
         Some(ns) => Api::namespaced(context.client.clone(), ns),
         None => Api::all(context.client.clone()),
     };
-    Controller::new(builds, watcher::Config::default())
+    let controller = Controller::new(builds, watcher::Config::default())
         .owns(
             pods,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=stagecoach"),
@@ -265,9 +287,68 @@ pub async fn run(
             if let Err(e) = result {
                 tracing::warn!(error = %e, "reconcile failed");
             }
-        })
-        .await;
-    Ok(())
+        });
+    match lease.take() {
+        None => {
+            controller.await;
+            Ok(())
+        }
+        Some((mut held, task)) => {
+            let lost = tokio::select! {
+                () = controller => false,
+                _ = held.wait_for(|leader| !leader) => true,
+            };
+            if lost {
+                return Err(RunError::LostLease);
+            }
+            // A clean stop hands the Lease over at once: with the receiver gone, the manager
+            // releases it.
+            drop(held);
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+            Ok(())
+        }
+    }
+}
+
+/// Waits until this replica holds the Lease; the manager keeps renewing it in the
+/// background and the receiver says when it is lost.
+async fn acquire_lease(
+    client: &Client,
+    namespace: &str,
+) -> Result<
+    (
+        tokio::sync::watch::Receiver<bool>,
+        tokio::task::JoinHandle<
+            Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>,
+        >,
+    ),
+    RunError,
+> {
+    let identity =
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
+        .with_namespace(namespace)
+        .with_identity(identity.clone())
+        .with_duration(LEASE_SECONDS)
+        .with_grace(5)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| RunError::Lease(e.to_string()))?;
+    let (mut held, task) = manager.watch().await;
+    tracing::info!(
+        identity = identity.as_str(),
+        namespace,
+        "waiting for the leader-election Lease"
+    );
+    held.wait_for(|leader| *leader)
+        .await
+        .map_err(|e| RunError::Lease(e.to_string()))?;
+    tracing::info!(
+        identity = identity.as_str(),
+        "holding the Lease: reconciling"
+    );
+    Ok((held, task))
 }
 
 /// One reconcile of one ImageBuild.

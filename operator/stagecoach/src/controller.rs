@@ -39,6 +39,10 @@ pub struct ControllerArgs {
     /// Serve /metrics, /healthz and /readyz here (e.g. 0.0.0.0:8080; none when absent).
     #[arg(long, value_name = "ADDRESS")]
     metrics_address: Option<std::net::SocketAddr>,
+    /// Elect one active replica with a Lease in this namespace (run several replicas with
+    /// it; without it the process reconciles at once and must be the only one).
+    #[arg(long, value_name = "NAMESPACE")]
+    leader_election_namespace: Option<String>,
 }
 
 /// `--pod-retention`: a duration, or none.
@@ -64,6 +68,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         max_parallel_pods: usize::from(args.max_parallel_pods),
         pod_retention: args.pod_retention.0,
         metrics_address: args.metrics_address,
+        leader_election_namespace: args.leader_election_namespace.clone(),
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
 }
