@@ -113,11 +113,18 @@ impl Daemon {
     pub fn start(base: &Path) -> Daemon {
         // The port is free when we ask; another process could take it before the daemon
         // binds, in which case the daemon exits and we try another one.
+        // git-daemon itself, not `git daemon`: the `git` wrapper runs it as a child, and
+        // killing the wrapper would leave the daemon running.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git --exec-path");
+        let daemon =
+            Path::new(String::from_utf8_lossy(&exec_path.stdout).trim()).join("git-daemon");
         for _ in 0..5 {
             let port = free_port();
-            let mut child = Command::new("git")
+            let mut child = Command::new(&daemon)
                 .args([
-                    "daemon",
                     "--export-all",
                     &format!("--base-path={}", base.display()),
                     "--reuseaddr",
