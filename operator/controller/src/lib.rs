@@ -211,16 +211,20 @@ pub const LEASE_SECONDS: u64 = 15;
 /// Connects with the kubeconfig (or, in a pod, the in-cluster configuration) and runs the
 /// controller until a termination signal: what `stagecoach controller` calls.
 pub fn main(namespace: Option<&str>, settings: Settings) -> Result<(), RunError> {
-    // One process-wide TLS provider, the one every client here is built with.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(RunError::Runtime)?;
+    let runtime = runtime().map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let client = Client::try_default().await.map_err(RunError::Connect)?;
         run(client, namespace, settings).await
     })
+}
+
+/// The async runtime of a command that talks to the API server, with the one process-wide
+/// TLS provider every client here is built with.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 /// Runs the controller until a termination signal, over one namespace or all of them.

@@ -68,11 +68,7 @@ pub enum LogsError {
 
 /// Connects with the kubeconfig and prints the build's logs to standard output.
 pub fn main(options: &LogsOptions) -> Result<(), LogsError> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(LogsError::Runtime)?;
+    let runtime = crate::runtime().map_err(LogsError::Runtime)?;
     runtime.block_on(async {
         let client = Client::try_default().await.map_err(LogsError::Connect)?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();

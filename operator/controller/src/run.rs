@@ -967,6 +967,20 @@ async fn resolve(
     })
 }
 
+/// [`resolve`], once per image for all the stages a reconcile starts.
+async fn resolve_once(
+    registry: &stagecoach_oci::registry::RegistryClient,
+    resolved: &mut BTreeMap<String, Resolved>,
+    reference: &str,
+) -> Result<Resolved, Error> {
+    if let Some(r) = resolved.get(reference) {
+        return Ok(r.clone());
+    }
+    let r = resolve(registry, reference).await?;
+    resolved.insert(reference.to_string(), r.clone());
+    Ok(r)
+}
+
 /// Stage `i`'s job, its pod image and its RUN mounts.
 #[allow(clippy::too_many_arguments)]
 async fn stage_job(
@@ -989,13 +1003,7 @@ async fn stage_job(
     }
     let root = *chain.last().unwrap_or(&i);
     let root_image = match &plan.stages[root].base {
-        Base::Image(image) => {
-            if !resolved.contains_key(image) {
-                let r = resolve(registry, image).await?;
-                resolved.insert(image.clone(), r);
-            }
-            resolved.get(image).cloned()
-        }
+        Base::Image(image) => Some(resolve_once(registry, resolved, image).await?),
         _ => None,
     };
     let pod_image = root_image
@@ -1074,13 +1082,7 @@ async fn stage_job(
     // the executor's own directories.
     let mut images = Vec::new();
     for (n, name) in plan.stages[i].images.iter().enumerate() {
-        if !resolved.contains_key(name) {
-            let r = resolve(registry, name).await?;
-            resolved.insert(name.clone(), r);
-        }
-        let r = resolved
-            .get(name)
-            .ok_or_else(|| Error::Plan(format!("{name} was not resolved")))?;
+        let r = resolve_once(registry, resolved, name).await?;
         images.push(ImageInput {
             name: name.clone(),
             root: std::path::Path::new(pods::IMAGES_DIR).join(n.to_string()),
