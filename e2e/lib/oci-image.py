@@ -37,6 +37,8 @@ def main():
     p.add_argument("--entrypoint", help="JSON list")
     p.add_argument("--cmd", help="JSON list")
     p.add_argument("--workdir")
+    p.add_argument("--user")
+    p.add_argument("--expose", action="append", default=[], help="a port, e.g. 80/tcp")
     args = p.parse_args()
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -64,6 +66,10 @@ def main():
         config["Cmd"] = json.loads(args.cmd)
     if args.workdir:
         config["WorkingDir"] = args.workdir
+    if args.user:
+        config["User"] = args.user
+    if args.expose:
+        config["ExposedPorts"] = {port: {} for port in args.expose}
     image_config = {
         "created": "1970-01-01T00:00:00Z",
         "architecture": "amd64",

@@ -140,6 +140,16 @@ pub fn resolve_chown(root: &Path, spec: &str) -> Result<Owner, UserError> {
     Ok(Owner { uid, gid })
 }
 
+/// The home directory a process of `uid` gets as `HOME` when the image sets none: its
+/// passwd entry's, else `/`. runc does the same for a container, so a RUN sees the same
+/// `HOME` in a builder pod as under runc (Go, npm and pip need one).
+pub fn home_dir(root: &Path, uid: u32) -> Result<String, UserError> {
+    let passwd = read_db(root, "passwd")?;
+    Ok(rows(&passwd)
+        .find(|r| r.len() >= 6 && r[2].parse() == Ok(uid) && !r[5].is_empty())
+        .map_or_else(|| "/".to_string(), |r| r[5].to_string()))
+}
+
 /// Resolves a `USER` value for running a process: like Docker, a numeric uid not in passwd
 /// is allowed (gid 0 then), a name must exist, and supplementary groups come from
 /// `/etc/group` memberships unless a group was given explicitly.
@@ -222,6 +232,16 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    #[test]
+    fn home_from_passwd_or_root_dir() {
+        let r = rootfs();
+        assert_eq!(home_dir(r.path(), 0).unwrap(), "/root");
+        assert_eq!(home_dir(r.path(), 1000).unwrap(), "/home/app");
+        assert_eq!(home_dir(r.path(), 4242).unwrap(), "/");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(home_dir(empty.path(), 0).unwrap(), "/");
     }
 
     #[test]

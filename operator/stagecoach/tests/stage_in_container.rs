@@ -25,10 +25,10 @@ use stagecoach_protocol::result::Outcome;
 use stagecoach_protocol::{CacheLayout, StageReason, StageResult};
 
 const DOCKERFILE: &str = r#"FROM scratch AS good
-RUN echo hello > /hello && id -u > /uid-root
+RUN echo hello > /hello && id -u > /uid-root && echo "$HOME" > /home-root
 RUN mkdir -p /tmp/m && ! mount -t tmpfs none /tmp/m 2>/dev/null && ! unshare -U true 2>/dev/null && echo refused > /refused
 USER app
-RUN id -u > /tmp/uid-app && id -G > /tmp/groups-app
+RUN id -u > /tmp/uid-app && id -G > /tmp/groups-app && echo "$HOME" > /tmp/home-app
 USER root
 RUN --mount=type=cache,id=thing,target=/var/cache/thing echo cached > /var/cache/thing/x && echo after > /after-cache
 RUN (sleep 300 &) ; echo started
@@ -149,6 +149,9 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
     assert_eq!(read("refused"), "refused\n");
     assert_eq!(read("tmp/uid-app"), "1000\n");
     assert_eq!(read("tmp/groups-app"), "1000 10\n");
+    // HOME from passwd when the image sets none, as runc gives it.
+    assert_eq!(read("home-root"), "/root\n");
+    assert_eq!(read("tmp/home-app"), "/home/app\n");
     assert_eq!(read("after-cache"), "after\n");
     assert_eq!(read("script-ran"), "from-script\n");
     // The cache mount's writes went to the cache volume and into no layer.

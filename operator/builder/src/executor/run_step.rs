@@ -35,6 +35,11 @@ impl StageExecutor<'_> {
         };
         let user = users::resolve_process_user(&self.rootfs, user_spec)
             .map_err(|source| ExecutorError::User { line, source })?;
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            let home = users::home_dir(&self.rootfs, user.uid)
+                .map_err(|source| ExecutorError::User { line, source })?;
+            env.push(("HOME".to_string(), home));
+        }
         let network = match run.network {
             Some(NetworkMode::None) => RunNetwork::None,
             _ => RunNetwork::Host,

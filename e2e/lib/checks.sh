@@ -1,0 +1,51 @@
+# shellcheck shell=bash
+# What the end-to-end check scripts (e2e/operator, e2e/examples) share: one line per check
+# with its time, the failure's output indented under it, and facts read from the cluster.
+#
+# The caller sets K=(kubectl -n NS) and passed=0 failed=0.
+
+# A check stops at its first failing command: without this, bash clears -e in the command
+# substitution check() runs it in, and a check would pass on its last command alone.
+shopt -s inherit_errexit
+
+say() { printf '%s\n' "$*"; }
+
+check() { # name function
+  local name=$1 start=$SECONDS out rc=0
+  out=$("$2" 2>&1) || rc=$?
+  if ((rc == 0)); then
+    passed=$((passed + 1)); say "ok   $name ($((SECONDS - start))s)"
+  else
+    failed=$((failed + 1)); say "FAIL $name ($((SECONDS - start))s)"
+    while IFS= read -r line; do say "     | $line"; done <<<"$out"
+  fi
+}
+
+# Every stage pod's container (start, finish) in seconds since the epoch, one per line.
+stage_intervals() { # build
+  "${K[@]}" get pods -l "stagecoach.dev/build=$1,stagecoach.dev/stage" -o json | jq -r '.items[]
+    | .status.containerStatuses[0].state.terminated
+    | "\(.startedAt | fromdateiso8601) \(.finishedAt | fromdateiso8601)"'
+}
+
+# The most intervals (from stage_intervals) that share a moment.
+max_overlap() {
+  python3 -c '
+import sys
+events = []
+for line in sys.stdin:
+    start, end = map(int, line.split())
+    events += [(start, 1), (end, -1)]
+# An end and a start in the same second do not overlap: ends first.
+now = best = 0
+for _, step in sorted(events):
+    now += step
+    best = max(best, now)
+print(best)'
+}
+
+# The installed controller's cap on a build's running stage pods (--max-parallel-pods).
+max_parallel_pods() {
+  kubectl -n stagecoach-system get deployment stagecoach-controller -o json \
+    | jq -r '.spec.template.spec.containers[0].args | map(select(startswith("--max-parallel-pods="))) | .[0] // "--max-parallel-pods=8" | ltrimstr("--max-parallel-pods=")'
+}

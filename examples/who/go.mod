@@ -1,0 +1,3 @@
+module example.com/who
+
+go 1.22
