@@ -9,8 +9,8 @@
 # The caller sets STAGECOACH_REGISTRY (from `e2e/cluster env`) and sources base-images.sh
 # (for golang_tag).
 
-apply_example() { # dir namespace
-  local dir=$1 ns=$2 manifests go
+apply_example() { # dir namespace [imagebuild name: only that one of the example's builds]
+  local dir=$1 ns=$2 only=${3:-} manifests go
   if [[ -f $dir/kustomization.yaml ]]; then
     manifests=$(kubectl kustomize "$dir") || return 1
   else
@@ -18,7 +18,7 @@ apply_example() { # dir namespace
   fi
   go=$(golang_tag)
   kubectl -n "$ns" create --dry-run=client -o json -f - <<<"$manifests" \
-    | jq --arg reg "$STAGECOACH_REGISTRY" --arg go "${go%.*}" '
+    | jq --arg reg "$STAGECOACH_REGISTRY" --arg go "${go%.*}" --arg only "$only" '
       def local_image: sub("^registry\\.example\\.com"; $reg);
       def localize:
         if .kind != "ImageBuild" then . else
@@ -31,6 +31,7 @@ apply_example() { # dir namespace
           | if .spec.image then .spec.image |= local_image else . end
           | if .spec.targets then .spec.targets |= map(if .image then .image |= local_image else . end) else . end
         end;
-      {apiVersion: "v1", kind: "List", items: ((if .kind == "List" then .items else [.] end) | map(localize))}' \
+      {apiVersion: "v1", kind: "List", items: ((if .kind == "List" then .items else [.] end)
+        | map(select($only == "" or .kind != "ImageBuild" or .metadata.name == $only) | localize))}' \
     | kubectl -n "$ns" apply --server-side -f -
 }

@@ -45,7 +45,7 @@ pub const FIELD_MANAGER: &str = "stagecoach-controller";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// The controller's settings (`stagecoach controller` flags).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The per-namespace cache claim builds use when `spec.cache` names none.
     pub cache_claim: String,
@@ -71,6 +71,8 @@ pub struct Settings {
     /// Leader election: the namespace of the Lease that elects one active replica (`None`:
     /// this process is the only one and reconciles at once).
     pub leader_election_namespace: Option<String>,
+    /// Defaults for stage pods (resources, hostUsers).
+    pub builder: pods::BuilderDefaults,
 }
 
 impl Default for Settings {
@@ -86,6 +88,7 @@ impl Default for Settings {
             pod_retention: Some(Duration::from_secs(24 * 3600)),
             metrics_address: None,
             leader_election_namespace: None,
+            builder: pods::BuilderDefaults::default(),
         }
     }
 }
@@ -288,8 +291,20 @@ pub async fn run(
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "reconcile failed");
+            use kube::runtime::controller::Error as Failed;
+            let name = |r: &kube::runtime::reflector::ObjectRef<kube::api::DynamicObject>| {
+                format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name)
+            };
+            match result {
+                Ok(_) => {}
+                // A requeue of a build that was deleted meanwhile: expected, not a failure.
+                Err(Failed::ObjectNotFound(r)) => {
+                    tracing::debug!(build = %name(&r), "the build is gone; nothing to reconcile");
+                }
+                Err(Failed::ReconcilerFailed(error, r)) => {
+                    tracing::warn!(build = %name(&r), error = %error, "reconcile failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
         });
     match lease.take() {

@@ -11,6 +11,8 @@
 
 use std::collections::BTreeMap;
 
+/// For `--builder-resources` in the binary, which does not depend on k8s-openapi itself.
+pub use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
@@ -210,6 +212,26 @@ fn meta(
     }
 }
 
+/// What the operator's flags set for every stage pod (the chart's `builds` values).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuilderDefaults {
+    /// The stage container's requests and limits when the build's `spec.resources` is unset.
+    pub resources: Option<ResourceRequirements>,
+    /// The stage pods' `hostUsers`: `Some(false)` runs them in a user namespace, so root in
+    /// a RUN is not root on the node. The node's runtime must support it (containerd 2 and
+    /// runc 1.2 or later); a kubelet that cannot refuses the pod. `None` leaves the field
+    /// unset (host users).
+    pub host_users: Option<bool>,
+}
+
+impl BuilderDefaults {
+    /// Parses `--builder-resources`: a core/v1 ResourceRequirements as JSON, e.g.
+    /// `{"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}`.
+    pub fn parse_resources(text: &str) -> Result<ResourceRequirements, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 /// Everything one stage pod is made from.
 #[derive(Debug, Clone)]
 pub struct StagePod<'a> {
@@ -241,6 +263,8 @@ pub struct StagePod<'a> {
     pub attempt: u32,
     /// What is left of the build's timeout, in seconds (`activeDeadlineSeconds`).
     pub deadline_seconds: Option<i64>,
+    /// The operator's defaults for stage pods.
+    pub defaults: &'a BuilderDefaults,
 }
 
 /// Declared build secrets by the Secret that holds them.
@@ -477,7 +501,12 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         // certificates, which the init container copies; RUN steps get only the image's env.
         "env": [{"name": "SSL_CERT_FILE", "value": format!("{BIN_DIR}/ca-certificates.crt")}],
     });
-    if let Some(resources) = &input.spec.resources {
+    if let Some(resources) = input
+        .spec
+        .resources
+        .as_ref()
+        .or(input.defaults.resources.as_ref())
+    {
         stage["resources"] = serde_json::to_value(resources).unwrap_or(Value::Null);
     }
     let mut pod_spec = json!({
@@ -512,6 +541,9 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     }
     if let Some(seconds) = input.deadline_seconds {
         pod_spec["activeDeadlineSeconds"] = json!(seconds.max(1));
+    }
+    if let Some(host_users) = input.defaults.host_users {
+        pod_spec["hostUsers"] = json!(host_users);
     }
     let mut metadata = meta(
         owner,
@@ -814,6 +846,7 @@ mod tests {
             stage_exports: &exports,
             attempt: 0,
             deadline_seconds: Some(600),
+            defaults: &BuilderDefaults::default(),
         };
         let (map, pod) = stage_pod(&input).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s1"));
@@ -879,6 +912,64 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_defaults_apply_unless_the_build_sets_its_own() {
+        let mounts = plan("FROM busybox\nRUN true\n");
+        let (owner, job) = (owner(), job());
+        let exports = BTreeMap::new();
+        let defaults = BuilderDefaults {
+            resources: Some(
+                BuilderDefaults::parse_resources(
+                    r#"{"requests":{"cpu":"500m"},"limits":{"memory":"1Gi"}}"#,
+                )
+                .unwrap(),
+            ),
+            host_users: Some(false),
+        };
+        let pod_for = |spec: &ImageBuildSpec, defaults: &BuilderDefaults| {
+            let (_, pod) = stage_pod(&StagePod {
+                owner: &owner,
+                spec,
+                index: 0,
+                label: "0",
+                image: "i",
+                operator_image: "o",
+                cache_claim: "c",
+                job: &job,
+                mounts: &mounts,
+                context: None,
+                stage_exports: &exports,
+                attempt: 0,
+                deadline_seconds: None,
+                defaults,
+            })
+            .unwrap();
+            serde_json::to_value(pod.spec.unwrap()).unwrap()
+        };
+        let pod = pod_for(&spec(), &defaults);
+        assert_eq!(pod["hostUsers"], false);
+        assert_eq!(
+            pod["containers"][0]["resources"],
+            json!({"requests": {"cpu": "500m"}, "limits": {"memory": "1Gi"}})
+        );
+        let own = ImageBuildSpec {
+            resources: Some(
+                BuilderDefaults::parse_resources(r#"{"limits":{"memory":"8Gi"}}"#).unwrap(),
+            ),
+            ..spec()
+        };
+        let pod = pod_for(&own, &defaults);
+        assert_eq!(
+            pod["containers"][0]["resources"],
+            json!({"limits": {"memory": "8Gi"}})
+        );
+        // Without defaults, neither field is set.
+        let pod = pod_for(&spec(), &BuilderDefaults::default());
+        assert!(pod.get("hostUsers").is_none(), "{pod}");
+        assert!(pod["containers"][0].get("resources").is_none(), "{pod}");
+        assert!(BuilderDefaults::parse_resources(r#"{"requests": 3}"#).is_err());
+    }
+
+    #[test]
     fn a_retry_is_a_new_pod_on_the_same_job_and_a_fetched_context_is_mounted_in_place() {
         let mounts = plan("FROM busybox\nRUN --mount=type=bind,source=pkg,target=/pkg true\n");
         let owner = owner();
@@ -905,6 +996,7 @@ mod tests {
             stage_exports: &BTreeMap::new(),
             attempt: 2,
             deadline_seconds: None,
+            defaults: &BuilderDefaults::default(),
         })
         .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
@@ -1026,6 +1118,7 @@ mod tests {
             stage_exports: &BTreeMap::new(),
             attempt: 0,
             deadline_seconds: None,
+            defaults: &BuilderDefaults::default(),
         })
         .unwrap_err();
         assert_eq!(

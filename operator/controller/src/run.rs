@@ -412,6 +412,7 @@ pub(crate) async fn drive(
                 stage_exports: &exports,
                 attempt,
                 deadline_seconds: left.map(|l| i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
+                defaults: &ctx.settings.builder,
             })
             .map_err(|e| Error::Plan(e.to_string()))?;
             create_or_keep(&maps, &map).await?;

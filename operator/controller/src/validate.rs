@@ -126,7 +126,10 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
             validate_git(git, fetched)?;
             None
         }
-        SourceKind::Inline(inline) => Some(
+        SourceKind::Inline(inline) => Some({
+            for path in inline.files.keys() {
+                check_inline_path(path)?;
+            }
             inline
                 .dockerfile
                 .clone()
@@ -136,8 +139,8 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
                         "source.inline has no Dockerfile: neither source.inline.dockerfile nor source.inline.files[{:?}]",
                         spec.dockerfile
                     ))
-                })?,
-        ),
+                })?
+        }),
         SourceKind::ConfigMap(source) => {
             let data = fetched.config_map.as_ref().ok_or_else(|| {
                 invalid(format!(
@@ -161,6 +164,28 @@ pub fn validate(spec: &ImageBuildSpec, fetched: &Fetched) -> Result<Validated, S
         dockerfile: text,
         plan,
     })
+}
+
+/// An inline file's path becomes a path in the build context: relative, with no `..` part
+/// (the schema cannot bound map keys, and the API server would refuse the pod instead).
+fn check_inline_path(path: &str) -> Result<(), SpecError> {
+    let problem = if path.is_empty() {
+        Some("is empty")
+    } else if path.starts_with('/') {
+        Some("is absolute")
+    } else if path.split('/').any(|part| part == "..") {
+        Some("contains a \"..\" part")
+    } else if path.split('/').any(str::is_empty) {
+        Some("has an empty part")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(SpecError::Invalid(format!(
+            "spec.source.inline.files[{path:?}]: the path {problem}; give a relative path inside the build context, like \"src/main.go\""
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The transports a fetch pod speaks.
@@ -356,6 +381,36 @@ mod tests {
             .secret_keys
             .insert("creds".into(), vec!["username".into(), "password".into()]);
         validate(&git("https://git.example/app.git", Some("creds")), &fetched).unwrap();
+    }
+
+    #[test]
+    fn inline_file_paths_must_stay_inside_the_context() {
+        for (path, problem) in [
+            ("/etc/passwd", "is absolute"),
+            ("../up", "contains a \"..\" part"),
+            ("a/../../b", "contains a \"..\" part"),
+            ("a//b", "has an empty part"),
+            ("", "is empty"),
+        ] {
+            let mut spec = inline("FROM scratch\n");
+            if let Some(inline) = spec.source.inline.as_mut() {
+                inline.files.insert(path.into(), "x".into());
+            }
+            let err = validate(&spec, &ok()).unwrap_err();
+            assert_eq!(err.reason(), Reason::InvalidSpec, "{path}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("spec.source.inline.files[{path:?}]"))
+                    && message.contains(problem),
+                "{path}: {message}"
+            );
+        }
+        let mut spec = inline("FROM scratch\nCOPY src/main.go ./.. /\n");
+        if let Some(inline) = spec.source.inline.as_mut() {
+            inline.files.insert("src/main.go".into(), "x".into());
+            inline.files.insert("./a..b".into(), "x".into());
+        }
+        validate(&spec, &ok()).unwrap();
     }
 
     #[test]

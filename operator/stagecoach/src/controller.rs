@@ -43,6 +43,24 @@ pub struct ControllerArgs {
     /// it; without it the process reconciles at once and must be the only one).
     #[arg(long, value_name = "NAMESPACE")]
     leader_election_namespace: Option<String>,
+    /// Requests and limits of a stage's container when the build sets no spec.resources,
+    /// as JSON: {"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}.
+    #[arg(long, value_name = "JSON", value_parser = parse_resources)]
+    builder_resources: Option<Resources>,
+    /// hostUsers of stage pods: false runs them in a user namespace (the nodes' runtime
+    /// must support it: containerd 2 and runc 1.2 or later); unset leaves it to Kubernetes.
+    #[arg(long, value_name = "BOOL")]
+    host_users: Option<bool>,
+}
+
+/// `--builder-resources`, parsed.
+#[derive(Debug, Clone)]
+struct Resources(stagecoach_controller::pods::ResourceRequirements);
+
+fn parse_resources(text: &str) -> Result<Resources, String> {
+    stagecoach_controller::pods::BuilderDefaults::parse_resources(text)
+        .map(Resources)
+        .map_err(|e| format!("not a ResourceRequirements object: {e}"))
 }
 
 /// `--pod-retention`: a duration, or none.
@@ -69,6 +87,10 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         pod_retention: args.pod_retention.0,
         metrics_address: args.metrics_address,
         leader_election_namespace: args.leader_election_namespace.clone(),
+        builder: stagecoach_controller::pods::BuilderDefaults {
+            resources: args.builder_resources.as_ref().map(|r| r.0.clone()),
+            host_users: args.host_users,
+        },
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
 }
