@@ -328,3 +328,82 @@ fn full_status_round_trips_and_fits_the_schema() {
     let errors = common::structural_errors(&common::schema(), &json);
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// Every `examples/*/imagebuild.yaml` (a file may hold several documents) reads into the
+/// types and fits the schema, and a ConfigMap source is one its `kustomization.yaml` makes
+/// from files that exist, the Dockerfile among them.
+#[test]
+fn every_example_fits_the_schema_and_its_context_is_generated() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).expect("examples/") {
+        let dir = entry.expect("an entry").path();
+        let manifest = dir.join("imagebuild.yaml");
+        if !manifest.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&manifest).expect("imagebuild.yaml");
+        for doc in text.split("\n---\n") {
+            let value: Value = serde_saphyr::from_str(doc).expect("plain YAML");
+            let errors = common::structural_errors(&common::schema(), &value);
+            assert!(errors.is_empty(), "{}: {errors:#?}", manifest.display());
+            let ib = from_yaml(doc);
+            seen += 1;
+            let Ok(SourceKind::ConfigMap(source)) = ib.spec.source.kind() else {
+                continue;
+            };
+            let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml"))
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: a ConfigMap source needs kustomization.yaml: {e}",
+                        dir.display()
+                    )
+                });
+            let kustomization: Value = serde_saphyr::from_str(&kustomization).expect("YAML");
+            let generator = kustomization["configMapGenerator"]
+                .as_array()
+                .and_then(|g| g.iter().find(|g| g["name"] == source.name.as_str()))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{}: no configMapGenerator named {}",
+                        dir.display(),
+                        source.name
+                    )
+                });
+            assert_eq!(
+                kustomization["generatorOptions"]["disableNameSuffixHash"],
+                true,
+                "{}",
+                dir.display()
+            );
+            let files: Vec<&str> = generator["files"]
+                .as_array()
+                .expect("files")
+                .iter()
+                .map(|f| f.as_str().expect("a file name"))
+                .collect();
+            assert!(
+                files.contains(&ib.spec.dockerfile.as_str()),
+                "{}: {files:?}",
+                dir.display()
+            );
+            for file in files {
+                // rootfs.tar.xz is made by the example's make-rootfs script.
+                if file != "rootfs.tar.xz" {
+                    assert!(
+                        dir.join(file).is_file(),
+                        "{}: {file} is missing",
+                        dir.display()
+                    );
+                }
+            }
+            let resources = kustomization["resources"].as_array().expect("resources");
+            assert!(
+                resources.iter().any(|r| r == "imagebuild.yaml"),
+                "{}",
+                dir.display()
+            );
+        }
+    }
+    assert!(seen >= 8, "found {seen} example ImageBuilds");
+}

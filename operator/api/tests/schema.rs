@@ -467,3 +467,52 @@ fn condition_items_carry_metav1_bounds() {
         assert!(errors.is_empty(), "{r}: {errors:?}");
     }
 }
+
+/// Every field of spec and status has its row in docs/api.md (fields under `spec.source` as
+/// `git.url` and the like in their own table), so the reference cannot miss a field. Fields
+/// of Kubernetes' own types (resources, tolerations, conditions) are documented by them.
+#[test]
+fn docs_api_md_has_a_row_for_every_field() {
+    fn walk(schema: &Value, path: &str, out: &mut Vec<String>) {
+        let schema = schema.get("items").unwrap_or(schema);
+        let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for (name, sub) in props {
+            let list = if sub.get("items").is_some() { "[]" } else { "" };
+            let child = if path.is_empty() {
+                format!("{name}{list}")
+            } else {
+                format!("{path}.{name}{list}")
+            };
+            out.push(child.clone());
+            if !["resources", "tolerations[]", "conditions[]"].contains(&child.as_str()) {
+                walk(sub, &child, out);
+            }
+        }
+    }
+    let docs = common::repo_file("docs/api.md");
+    let mut missing = Vec::new();
+    for root in ["spec", "status"] {
+        let mut paths = Vec::new();
+        walk(property(&schema(), root), "", &mut paths);
+        for path in paths {
+            let short = match (root, path.strip_prefix("source.")) {
+                ("spec", Some(rest)) => rest.to_string(),
+                _ => path.clone(),
+            };
+            // An object documented only through its fields is fine.
+            let documented = docs.contains(&format!("`{short}`"))
+                || docs.contains(&format!("`{path}`"))
+                || docs.contains(&format!("`{short}."))
+                || docs.contains(&format!("`{short}[]."));
+            if !documented {
+                missing.push(format!("{root}.{path}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/api.md has no row for: {missing:#?}"
+    );
+}
