@@ -17,8 +17,8 @@ use crate::schema::condition_items;
 pub struct ImageBuildStatus {
     /// Conditions in Kubernetes' convention, one per type. Succeeded is Unknown while the build
     /// runs, then True or False with a reason: Pending, Building, Succeeded, InvalidSpec,
-    /// SourceFetchFailed, InvalidDockerfile, UnknownTarget, StageFailed, PodFailed, PushFailed,
-    /// Timeout. At most 16 conditions.
+    /// SourceFetchFailed, InvalidDockerfile, UnknownTarget, ResolveFailed, StageFailed, PodFailed,
+    /// PushFailed, Timeout. At most 16 conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = bounds::MAX_CONDITIONS), transform = condition_items)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

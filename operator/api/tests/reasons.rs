@@ -20,6 +20,7 @@ fn reason_spellings_and_statuses_are_stable() {
             ("SourceFetchFailed", "False"),
             ("InvalidDockerfile", "False"),
             ("UnknownTarget", "False"),
+            ("ResolveFailed", "False"),
             ("StageFailed", "False"),
             ("PodFailed", "False"),
             ("PushFailed", "False"),

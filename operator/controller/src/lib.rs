@@ -34,7 +34,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt as _};
-use stagecoach_api::{ImageBuild, Reason, SourceKind};
+use stagecoach_api::{ImageBuild, Reason, SourceKind, StageState};
 
 use crate::validate::{Fetched, validate};
 
@@ -157,6 +157,9 @@ pub enum Error {
         image: String,
         /// What went wrong.
         message: String,
+        /// Whether asking again cannot help (not found, credentials refused, a bad
+        /// reference), as opposed to a registry that did not answer.
+        permanent: bool,
     },
     /// A stage's job or pod could not be planned.
     #[error("planning a stage: {0}")]
@@ -452,14 +455,50 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                             retry_after = verdict.requeue;
                             (verdict.reason, verdict.message, verdict.stages)
                         }
-                        // The registry may come back: say so, and retry with backoff.
-                        Err(e @ Error::Resolve { .. }) => {
-                            retry_after = Some(backoff(&ctx, &build));
-                            (
-                                Reason::Pending,
-                                format!("{e}; retrying"),
-                                status::pending_stages(&plan),
-                            )
+                        // An image that does not exist or is refused fails the build; a
+                        // registry that does not answer may come back, so the build waits
+                        // (with backoff) for RESOLVE_GIVE_UP before it fails.
+                        Err(e @ Error::Resolve { permanent, .. }) => {
+                            let now = k8s_openapi::jiff::Timestamp::now();
+                            if permanent
+                                || status::pending_longer_than(
+                                    previous,
+                                    generation,
+                                    now,
+                                    RESOLVE_GIVE_UP,
+                                )
+                            {
+                                let gave_up = if permanent {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " (the registry did not answer for {} s)",
+                                        RESOLVE_GIVE_UP.as_secs()
+                                    )
+                                };
+                                (
+                                    Reason::ResolveFailed,
+                                    format!("{e}{gave_up}"),
+                                    status::stages_kept(
+                                        &plan,
+                                        previous,
+                                        generation,
+                                        StageState::Skipped,
+                                    ),
+                                )
+                            } else {
+                                retry_after = Some(backoff(&ctx, &build));
+                                (
+                                    Reason::Pending,
+                                    format!("{e}; retrying"),
+                                    status::stages_kept(
+                                        &plan,
+                                        previous,
+                                        generation,
+                                        StageState::Pending,
+                                    ),
+                                )
+                            }
                         }
                         Err(e) => return Err(e),
                     }
@@ -521,6 +560,10 @@ fn registry_options(settings: &Settings) -> stagecoach_oci::registry::ClientOpti
 }
 
 /// The next wait of an object's backoff (2 s doubling to five minutes), counting this failure.
+/// How long the registry of an image the build starts from may stay unreachable before the
+/// build fails with `ResolveFailed`.
+const RESOLVE_GIVE_UP: Duration = Duration::from_secs(120);
+
 fn backoff(ctx: &Context, build: &ImageBuild) -> Duration {
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {

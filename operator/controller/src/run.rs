@@ -942,27 +942,40 @@ async fn resolve(
     client: &stagecoach_oci::registry::RegistryClient,
     reference: &str,
 ) -> Result<Resolved, Error> {
-    let err = |message: String| Error::Resolve {
+    let err = |message: String, permanent: bool| Error::Resolve {
         image: reference.to_string(),
         message,
+        permanent,
     };
-    let parsed = ImageRef::parse(reference).map_err(|e| err(e.to_string()))?;
-    let manifest = client
-        .pull_manifest(&parsed)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let registry_err = |e: stagecoach_oci::registry::RegistryError| {
+        use stagecoach_oci::registry::RegistryError as R;
+        let permanent = matches!(
+            e,
+            R::InvalidReference(_)
+                | R::Credentials(_)
+                | R::Unauthorized { .. }
+                | R::NotFound { .. }
+                | R::PlatformNotFound { .. }
+        );
+        err(e.to_string(), permanent)
+    };
+    let parsed = ImageRef::parse(reference).map_err(|e| err(e.to_string(), true))?;
+    let manifest = client.pull_manifest(&parsed).await.map_err(registry_err)?;
     let config = client
         .pull_config(&manifest.reference, &manifest.manifest)
         .await
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(registry_err)?;
     let layers =
         stagecoach_oci::layer_records(&manifest.manifest, &config.config).ok_or_else(|| {
-            err("the manifest's layers and the config's diffIDs differ in number".into())
+            err(
+                "the manifest's layers and the config's diffIDs differ in number".into(),
+                true,
+            )
         })?;
     Ok(Resolved {
         pinned: manifest.reference.to_string(),
         manifest: manifest.digest.clone(),
-        config: serde_json::from_slice(&config.bytes).map_err(|e| err(e.to_string()))?,
+        config: serde_json::from_slice(&config.bytes).map_err(|e| err(e.to_string(), true))?,
         working_config: config.config,
         layers,
     })

@@ -31,6 +31,49 @@ pub fn pending_stages(plan: &Plan) -> Vec<StageStatus> {
         .collect()
 }
 
+/// The plan's stages with what `previous` (at this generation) says of those already done (a later wave's image
+/// may fail to resolve after earlier stages succeeded), and every other stage in `rest`.
+pub fn stages_kept(
+    plan: &Plan,
+    previous: Option<&ImageBuildStatus>,
+    generation: i64,
+    rest: StageState,
+) -> Vec<StageStatus> {
+    let previous = previous.filter(|p| p.observed_generation == Some(generation));
+    pending_stages(plan)
+        .into_iter()
+        .map(|stage| {
+            previous
+                .and_then(|p| p.stages.iter().find(|s| s.name == stage.name))
+                .filter(|s| s.state.is_done())
+                .cloned()
+                .unwrap_or(StageStatus {
+                    state: rest,
+                    ..stage
+                })
+        })
+        .collect()
+}
+
+/// Whether this generation has been `Pending` (waiting for an image's registry) for longer
+/// than `limit`: the condition's lastTransitionTime says since when.
+pub fn pending_longer_than(
+    previous: Option<&ImageBuildStatus>,
+    generation: i64,
+    now: k8s_openapi::jiff::Timestamp,
+    limit: std::time::Duration,
+) -> bool {
+    let Some(condition) = previous.and_then(|p| p.succeeded()) else {
+        return false;
+    };
+    condition.reason == Reason::Pending.as_str()
+        && condition.observed_generation == Some(generation)
+        && now
+            .duration_since(condition.last_transition_time.0)
+            .unsigned_abs()
+            > limit
+}
+
 /// The status for `reason` at `generation`, built on `previous`, with `stages` (empty when
 /// they are not known).
 pub fn with_reason(
@@ -132,6 +175,43 @@ mod tests {
 
     fn at(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn pending_too_long_counts_from_the_transition_at_this_generation() {
+        let limit = std::time::Duration::from_secs(120);
+        let pending = with_reason(None, 2, Reason::Pending, "waiting", vec![], at(1000));
+        let now = |s| Timestamp::from_second(s).unwrap();
+        assert!(!pending_longer_than(Some(&pending), 2, now(1100), limit));
+        assert!(pending_longer_than(Some(&pending), 2, now(1121), limit));
+        // Another generation, or another reason, starts the clock again.
+        assert!(!pending_longer_than(Some(&pending), 3, now(5000), limit));
+        let building = with_reason(Some(&pending), 2, Reason::Building, "", vec![], at(1050));
+        assert!(!pending_longer_than(Some(&building), 2, now(5000), limit));
+        assert!(!pending_longer_than(None, 2, now(5000), limit));
+    }
+
+    #[test]
+    fn stages_kept_keeps_what_this_generation_finished() {
+        let dockerfile = stagecoach_dockerfile::Dockerfile::parse(
+            "FROM a AS one\nFROM b AS two\nCOPY --from=one /x /x\n",
+        )
+        .unwrap();
+        let plan = stagecoach_dockerfile::planner::plan(&dockerfile, &Default::default()).unwrap();
+        let mut earlier = with_reason(None, 4, Reason::Building, "", pending_stages(&plan), at(10));
+        earlier.stages[0].state = StageState::Succeeded;
+        let kept = stages_kept(&plan, Some(&earlier), 4, StageState::Skipped);
+        let states: Vec<_> = kept.iter().map(|s| (s.name.as_str(), s.state)).collect();
+        assert_eq!(
+            states,
+            [("one", StageState::Succeeded), ("two", StageState::Skipped)]
+        );
+        // What an older generation finished is not this one's.
+        let kept = stages_kept(&plan, Some(&earlier), 5, StageState::Pending);
+        assert!(
+            kept.iter().all(|s| s.state == StageState::Pending),
+            "{kept:?}"
+        );
     }
 
     #[test]

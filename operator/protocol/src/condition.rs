@@ -55,7 +55,8 @@ impl fmt::Display for ConditionStatus {
 /// ([`Reason::status`]), so a reason alone tells whether the build is running, done or failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Accepted, not started yet (waiting for the cache volume or for capacity).
+    /// Accepted, not started yet: an image the build starts from could not be resolved yet
+    /// (its registry did not answer; retried with backoff).
     Pending,
     /// The context is being fetched or stage pods are running.
     Building,
@@ -65,13 +66,17 @@ pub enum Reason {
     /// context, an image reference does not parse, a referenced Secret, ConfigMap or claim is
     /// missing or of the wrong kind.
     InvalidSpec,
-    /// The build context could not be fetched (git clone, ConfigMap read).
+    /// The git repository could not be fetched.
     SourceFetchFailed,
     /// The Dockerfile could not be read, parsed or planned (syntax error, a stage that refers
     /// to a later one, more stages than the status can report).
     InvalidDockerfile,
     /// A target names a stage the Dockerfile does not define.
     UnknownTarget,
+    /// An image the build starts from (`FROM`, `COPY --from=<image>`) could not be
+    /// resolved: it does not exist, its registry refused the credentials, or the registry
+    /// stayed unreachable.
+    ResolveFailed,
     /// An instruction of a stage failed; the stage's entry in status.stages has the log tail.
     StageFailed,
     /// A builder pod failed for reasons outside the Dockerfile (eviction, node loss, base
@@ -85,7 +90,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order a build meets them.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Pending,
         Reason::Building,
         Reason::Succeeded,
@@ -93,6 +98,7 @@ impl Reason {
         Reason::SourceFetchFailed,
         Reason::InvalidDockerfile,
         Reason::UnknownTarget,
+        Reason::ResolveFailed,
         Reason::StageFailed,
         Reason::PodFailed,
         Reason::PushFailed,
@@ -109,6 +115,7 @@ impl Reason {
             Reason::SourceFetchFailed => "SourceFetchFailed",
             Reason::InvalidDockerfile => "InvalidDockerfile",
             Reason::UnknownTarget => "UnknownTarget",
+            Reason::ResolveFailed => "ResolveFailed",
             Reason::StageFailed => "StageFailed",
             Reason::PodFailed => "PodFailed",
             Reason::PushFailed => "PushFailed",
@@ -125,6 +132,7 @@ impl Reason {
             | Reason::SourceFetchFailed
             | Reason::InvalidDockerfile
             | Reason::UnknownTarget
+            | Reason::ResolveFailed
             | Reason::StageFailed
             | Reason::PodFailed
             | Reason::PushFailed
