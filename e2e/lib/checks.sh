@@ -3,6 +3,9 @@
 # with its time, the failure's output indented under it, and facts read from the cluster.
 #
 # The caller sets K=(kubectl -n NS) and passed=0 failed=0.
+#
+# Pipes end in `grep … >/dev/null`, never `grep -q`: -q stops reading at the first match,
+# and with pipefail the writer's SIGPIPE would fail the pipeline.
 
 # A check stops at its first failing command: without this, bash clears -e in the command
 # substitution check() runs it in, and a check would pass on its last command alone.
@@ -42,6 +45,39 @@ for _, step in sorted(events):
     now += step
     best = max(best, now)
 print(best)'
+}
+
+# An ImageBuild with an inline Dockerfile; extra spec lines (YAML, 2-space indent) follow.
+build() { # name dockerfile [extra spec lines]
+  local name=$1 dockerfile=$2 extra=${3:-}
+  "${K[@]}" apply -f - <<EOF
+apiVersion: stagecoach.dev/v1alpha1
+kind: ImageBuild
+metadata: {name: $name}
+spec:
+  source:
+    inline:
+      dockerfile: $(printf '%s' "$dockerfile" | jq -Rs .)
+$extra
+EOF
+}
+
+# The Succeeded condition's status and reason, as "Status/Reason".
+verdict() { # name
+  "${K[@]}" get imagebuild "$1" \
+    -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].status}/{.status.conditions[?(@.type=="Succeeded")].reason}'
+}
+
+no_pods() { # name
+  local pods
+  pods=$("${K[@]}" get pods -l "stagecoach.dev/build=$1" -o name)
+  [[ -z $pods ]] || { echo "pods were created for $1: $pods"; return 1; }
+}
+
+message_has() { # name substring
+  local message
+  message=$("${K[@]}" get imagebuild "$1" -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].message}')
+  grep -qF -- "$2" <<<"$message" || { echo "imagebuild/$1: message lacks '$2': $message"; return 1; }
 }
 
 # The installed controller's cap on a build's running stage pods (--max-parallel-pods).

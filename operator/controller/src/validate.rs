@@ -268,6 +268,18 @@ pub fn plan_dockerfile(spec: &ImageBuildSpec, text: &str) -> Result<Plan, SpecEr
         };
         for step in steps {
             for need in &step.mounts {
+                // Without the secret the step would fail after its stage's pod started;
+                // the spec says so already.
+                if let MountNeed::Secret {
+                    id, required: true, ..
+                } = need
+                    && !spec.secrets.iter().any(|s| &s.id == id)
+                {
+                    return Err(SpecError::Invalid(format!(
+                        "Dockerfile: line {}: RUN --mount=type=secret,id={id},required=true needs a build secret, but spec.secrets has no id {id:?}; add one (id and secretKeyRef)",
+                        step.line
+                    )));
+                }
                 if let MountNeed::Bind {
                     from: Some(from), ..
                 } = need
@@ -411,6 +423,24 @@ mod tests {
             inline.files.insert("./a..b".into(), "x".into());
         }
         validate(&spec, &ok()).unwrap();
+    }
+
+    #[test]
+    fn a_required_secret_must_be_in_spec_secrets() {
+        let dockerfile = "FROM busybox\nRUN true\nRUN --mount=type=secret,id=token,required=true cat /run/secrets/token\n";
+        let err = validate(&inline(dockerfile), &ok()).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidSpec);
+        let message = err.to_string();
+        assert!(
+            message.contains("line 3") && message.contains(r#"spec.secrets has no id "token""#),
+            "{message}"
+        );
+        // Not required: the step runs without the file, as in BuildKit.
+        validate(
+            &inline("FROM busybox\nRUN --mount=type=secret,id=token true\n"),
+            &ok(),
+        )
+        .unwrap();
     }
 
     #[test]
