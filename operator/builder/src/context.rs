@@ -180,7 +180,7 @@ impl BuildContext {
         }
         Ok(Self {
             root: root.to_path_buf(),
-            ignore: PatternMatcher::new(patterns)?,
+            ignore: PatternMatcher::new(patterns).map_err(IgnoreError::from)?,
         })
     }
 

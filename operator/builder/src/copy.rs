@@ -398,7 +398,7 @@ pub fn plan(context: &BuildContext, spec: &CopySpec, rootfs: &Path) -> Result<Co
         keyword: keyword.clone(),
         error,
     };
-    let excludes = PatternMatcher::new(&spec.excludes)?;
+    let excludes = PatternMatcher::new(&spec.excludes).map_err(IgnoreError::from)?;
     let (dest, dest_says_dir) = destination(&spec.workdir, &spec.dest);
 
     enum Item<'s> {

@@ -18,7 +18,8 @@ pub mod inplace;
 pub mod job;
 pub mod local;
 pub mod oci_config;
-pub mod pattern;
+/// Glob patterns (moved to the Dockerfile crate, where `.dockerignore` rules live).
+pub use stagecoach_dockerfile::pattern;
 pub mod placeholders;
 pub mod remote;
 pub mod rootpath;
