@@ -80,6 +80,13 @@ message_has() { # name substring
   grep -qF -- "$2" <<<"$message" || { echo "imagebuild/$1: message lacks '$2': $message"; return 1; }
 }
 
+# The host directory of the namespace's cache claim (the local provisioner's hostPath).
+cache_dir() {
+  local pv
+  pv=$("${K[@]}" get pvc stagecoach-cache -o jsonpath='{.spec.volumeName}')
+  kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}'
+}
+
 # The installed controller's cap on a build's running stage pods (--max-parallel-pods).
 max_parallel_pods() {
   kubectl -n stagecoach-system get deployment stagecoach-controller -o json \

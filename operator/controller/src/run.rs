@@ -316,7 +316,13 @@ pub(crate) async fn drive(
                     build.spec.timeout
                 ),
             ),
-            Some((i, code, result, message, _)) => (
+            // What happened to the pod (an OOM kill, an eviction) is the pod's failure,
+            // whatever exit code the stage container was left with.
+            Some((i, _, _, message, FailKind::Infrastructure)) => (
+                Reason::PodFailed,
+                format!("stage {}: {message}", stage_label(plan, i)),
+            ),
+            Some((i, code, result, message, FailKind::Build)) => (
                 condition_for_exit(code, result.as_ref().and_then(|r| r.reason)),
                 format!("stage {}: {message}", stage_label(plan, i)),
             ),
