@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient};
+use stagecoach_oci::registry::{ClientOptions, Credentials, ImageRef, RegistryClient, RetryPolicy};
 use stagecoach_oci::{ContentStore, Descriptor, ImageManifest, media_type};
 use stagecoach_protocol::job::{JOB_VERSION, PushJob, PushResult};
 
@@ -44,6 +44,15 @@ pub fn run(args: &PushArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// A push pod outlasts a registry that restarts: each request is retried for about a
+/// minute (0.5 s doubling to 16 s, 9 attempts: 63.5 s of waits) before the build fails
+/// with `PushFailed`. The build's work is done by then, so patience is cheap.
+const PUSH_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 9,
+    initial_backoff: std::time::Duration::from_millis(500),
+    max_backoff: std::time::Duration::from_secs(16),
+};
+
 fn push(job: &PushJob) -> Result<PushResult, String> {
     let target = ImageRef::parse(&job.target).map_err(|e| format!("{}: {e}", job.target))?;
     let credentials = match &job.credentials {
@@ -56,6 +65,7 @@ fn push(job: &PushJob) -> Result<PushResult, String> {
         credentials,
         ClientOptions {
             insecure_registries: job.insecure_registries.clone(),
+            retry: PUSH_RETRY,
             ..ClientOptions::default()
         },
     );
