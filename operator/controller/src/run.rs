@@ -234,11 +234,12 @@ pub(crate) async fn drive(
     let mut progress: BTreeMap<usize, Progress> = BTreeMap::new();
     // The try each stage's next pod would be.
     let mut next_attempt: BTreeMap<usize, u32> = BTreeMap::new();
+    let now = k8s_openapi::jiff::Timestamp::now();
     let mut retry_notes = Vec::new();
     for &i in &needed {
         let p = match latest_attempt(current, &owner, i) {
             None => Progress::NotStarted,
-            Some((n, pod)) => match pod_progress(pod) {
+            Some((n, pod)) => match pod_progress(pod, now) {
                 // An infrastructure failure gets a new pod, a bounded number of times; a RUN
                 // that failed on its own is never retried.
                 Progress::Failed {
@@ -471,8 +472,40 @@ pub(crate) async fn drive(
     }
     let mut verdict = Verdict::new(Reason::Building, message, stages);
     verdict.requeue = left;
+    // A pod whose image the node cannot pull changes little while it backs off: look again
+    // in time to end it at PULL_GIVE_UP.
+    if needed.iter().any(|&i| {
+        latest_attempt(current, &owner, i).is_some_and(|(_, pod)| pull_failure(pod).is_some())
+    }) {
+        let soon = PULL_GIVE_UP / 4;
+        verdict.requeue = Some(left.map_or(soon, |l| l.min(soon)));
+    }
     verdict.steps = steps;
     Ok(verdict)
+}
+
+/// How long the node may fail to pull a stage pod's image before the stage fails: an image
+/// the controller could resolve but the node cannot pull (a node without the route or the
+/// logins, an image deleted meanwhile) would otherwise wait for spec.timeout.
+const PULL_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The image a pod's container cannot be started from, and the kubelet's words, while the
+/// kubelet fails to pull it.
+fn pull_failure(pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            matches!(
+                waiting.reason.as_deref(),
+                Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")
+            )
+            .then(|| (c.image.clone(), waiting.message.clone().unwrap_or_default()))
+        })
 }
 
 fn stage_label(plan: &Plan, i: usize) -> String {
@@ -756,8 +789,8 @@ async fn ensure_context(
     }
 }
 
-/// What a pod says about its stage.
-fn pod_progress(pod: &Pod) -> Progress {
+/// What a pod says about its stage at `now`.
+fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
     // A pod on its way out (deleted by someone, or evicted) says nothing about its stage:
     // wait until it is gone, then the stage gets a new pod.
     if pod.metadata.deletion_timestamp.is_some() {
@@ -800,6 +833,28 @@ fn pod_progress(pod: &Pod) -> Progress {
             ),
             kind: FailKind::Infrastructure,
         };
+    }
+    if let Some((image, why)) = pull_failure(pod) {
+        let waited = pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |t| {
+                now.duration_since(t.0).unsigned_abs()
+            });
+        if waited > PULL_GIVE_UP {
+            // Final: another pod on the same node would fail the same way.
+            return Progress::Failed {
+                code: 255,
+                result: None,
+                message: format!(
+                    "the node cannot pull {image} ({} s): {why}",
+                    waited.as_secs()
+                ),
+                kind: FailKind::Build,
+            };
+        }
+        return Progress::Running;
     }
     match terminated(&status.container_statuses) {
         Some(t) => {
@@ -1169,6 +1224,50 @@ mod tests {
     use super::*;
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
     use std::time::Duration;
+
+    fn pulling(reason: &str, created: Timestamp) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-g1-s0", "creationTimestamp": created.to_string()},
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "stage", "image": "registry.example/team/base@sha256:abc",
+                "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": "401 Unauthorized"}}
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_that_cannot_pull_fails_the_stage_after_the_limit_not_before() {
+        let created = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| created.checked_add(SignedDuration::from_secs(s)).unwrap();
+        let pod = pulling("ImagePullBackOff", created);
+        assert!(matches!(pod_progress(&pod, at(60)), Progress::Running));
+        match pod_progress(&pod, at(121)) {
+            Progress::Failed {
+                message,
+                kind,
+                code,
+                ..
+            } => {
+                assert_eq!(kind, FailKind::Build, "not retried");
+                assert_eq!(condition_for_exit(code, None), Reason::PodFailed);
+                assert!(
+                    message.contains("registry.example/team/base@sha256:abc")
+                        && message.contains("401 Unauthorized"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Waiting for another reason (the container is being created) is not a pull failure.
+        let creating = pulling("ContainerCreating", created);
+        assert!(matches!(
+            pod_progress(&creating, at(600)),
+            Progress::Running
+        ));
+        assert!(pull_failure(&creating).is_none());
+    }
 
     #[test]
     fn finished_pods_stay_for_the_retention_and_not_a_moment_less() {
