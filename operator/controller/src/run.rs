@@ -835,13 +835,18 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
         };
     }
     if let Some((image, why)) = pull_failure(pod) {
-        let waited = pod
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(std::time::Duration::ZERO, |t| {
-                now.duration_since(t.0).unsigned_abs()
-            });
+        // Counted from when the pod reached a node (pulls start there), not from its
+        // creation: a pod may wait long for a volume or room before its first pull.
+        let since = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+            .and_then(|c| c.last_transition_time.as_ref())
+            .or(pod.metadata.creation_timestamp.as_ref());
+        let waited = since.map_or(std::time::Duration::ZERO, |t| {
+            now.duration_since(t.0).unsigned_abs()
+        });
         if waited > PULL_GIVE_UP {
             // Final: another pod on the same node would fail the same way.
             return Progress::Failed {
@@ -1260,6 +1265,17 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // A pod that waited 10 minutes for a node counts from when it got one.
+        let mut late: serde_json::Value = serde_json::to_value(&pod).unwrap();
+        late["status"]["conditions"] = serde_json::json!([{
+            "type": "PodScheduled", "status": "True", "lastTransitionTime": at(600).to_string()
+        }]);
+        let late: Pod = serde_json::from_value(late).unwrap();
+        assert!(matches!(pod_progress(&late, at(660)), Progress::Running));
+        assert!(matches!(
+            pod_progress(&late, at(721)),
+            Progress::Failed { .. }
+        ));
         // Waiting for another reason (the container is being created) is not a pull failure.
         let creating = pulling("ContainerCreating", created);
         assert!(matches!(
