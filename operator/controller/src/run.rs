@@ -789,6 +789,18 @@ async fn ensure_context(
     }
 }
 
+/// How std prints ENOSPC in an I/O error (`raw_os_error` 28 on Linux).
+const ENOSPC_TEXT: &str = "No space left on device (os error 28)";
+
+/// The claim mounted as a stage pod's cache volume.
+fn cache_claim_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .and_then(|v| v.iter().find_map(|v| v.persistent_volume_claim.as_ref()))
+        .map_or_else(|| "unknown".to_string(), |c| c.claim_name.clone())
+}
+
 /// What a pod says about its stage at `now`.
 fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
     // A pod on its way out (deleted by someone, or evicted) says nothing about its stage:
@@ -904,6 +916,19 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
                 Reason::PodFailed => FailKind::Infrastructure,
                 _ => FailKind::Build,
             };
+            // A full cache volume fails every try the same way: say so, and do not retry.
+            // The executor's I/O errors end in std's text for ENOSPC.
+            if kind == FailKind::Infrastructure && message.contains(ENOSPC_TEXT) {
+                return Progress::Failed {
+                    code: t.exit_code,
+                    result,
+                    message: format!(
+                        "the cache volume is full (claim {}; make it bigger, or use spec.cache.claimName): {message}",
+                        cache_claim_of(pod)
+                    ),
+                    kind: FailKind::Build,
+                };
+            }
             Progress::Failed {
                 code: t.exit_code,
                 result,
@@ -1283,6 +1308,47 @@ mod tests {
             Progress::Running
         ));
         assert!(pull_failure(&creating).is_none());
+    }
+
+    #[test]
+    fn a_full_cache_volume_is_said_and_not_retried() {
+        let result = StageResult::failed_early(
+            stagecoach_protocol::StageReason::LayerWriteFailed,
+            3,
+            "layer writer: writing the layer stream failed: No space left on device (os error 28)"
+                .into(),
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-g1-s0"},
+            "spec": {"containers": [{"name": "stage"}],
+                     "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": "small-cache"}}]},
+            "status": {"phase": "Failed", "containerStatuses": [{
+                "name": "stage", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 3, "reason": "Error",
+                                         "message": serde_json::to_string(&result).unwrap()}}
+            }]}
+        }))
+        .unwrap();
+        match pod_progress(&pod, Timestamp::now()) {
+            Progress::Failed {
+                message,
+                kind,
+                code,
+                result,
+                ..
+            } => {
+                assert_eq!(kind, FailKind::Build, "not retried");
+                assert_eq!(
+                    condition_for_exit(code, result.and_then(|r| r.reason)),
+                    Reason::PodFailed
+                );
+                assert!(
+                    message.starts_with("the cache volume is full (claim small-cache;"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
