@@ -405,7 +405,7 @@ pub(crate) async fn drive(
                 .collect();
             let label = stage_label(plan, i);
             let attempt = next_attempt.get(&i).copied().unwrap_or(0);
-            let (map, pod) = pods::stage_pod(&StagePod {
+            let made = pods::stage_pod(&StagePod {
                 owner: &owner,
                 spec: &build.spec,
                 index: i,
@@ -420,8 +420,26 @@ pub(crate) async fn drive(
                 attempt,
                 deadline_seconds: left.map(|l| i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
                 defaults: &ctx.settings.builder,
-            })
-            .map_err(|e| Error::Plan(e.to_string()))?;
+            });
+            let (map, pod) = match made {
+                Ok(made) => made,
+                // Mounts one pod cannot give the stage are the Dockerfile's to change: a
+                // verdict, not a reconcile error retried with backoff forever.
+                Err(e) => {
+                    for s in &mut stages {
+                        if s.state == StageState::Pending {
+                            s.state = StageState::Skipped;
+                        }
+                    }
+                    let mut verdict = Verdict::new(
+                        Reason::InvalidDockerfile,
+                        format!("Dockerfile: stage {label}: {e}"),
+                        stages,
+                    );
+                    verdict.steps = steps;
+                    return Ok(verdict);
+                }
+            };
             create_or_keep(&maps, &map).await?;
             match pods_api.create(&PostParams::default(), &pod).await {
                 Ok(_) => {
