@@ -68,6 +68,18 @@ verdict() { # name
     -o jsonpath='{.status.conditions[?(@.type=="Succeeded")].status}/{.status.conditions[?(@.type=="Succeeded")].reason}'
 }
 
+# Waits for the build's verdict (Reconciling turns False with it), then fails unless it is
+# the wanted one, showing the status. Bounded by $TIMEOUT (default 240s).
+settled() { # name Status/Reason
+  "${K[@]}" wait --for=condition=Reconciling=False "imagebuild/$1" --timeout="${TIMEOUT:-240s}" >/dev/null || true
+  local got
+  got=$(verdict "$1")
+  [[ $got == "$2" ]] && return 0
+  echo "imagebuild/$1: wanted $2, has '$got'"
+  "${K[@]}" get imagebuild "$1" -o yaml | sed -n '/^status:/,$p'
+  return 1
+}
+
 no_pods() { # name
   local pods
   pods=$("${K[@]}" get pods -l "stagecoach.dev/build=$1" -o name)

@@ -235,9 +235,13 @@ pub(crate) async fn drive(
     // The try each stage's next pod would be.
     let mut next_attempt: BTreeMap<usize, u32> = BTreeMap::new();
     let now = k8s_openapi::jiff::Timestamp::now();
+    // Whether a pod waits for an image its node cannot pull (see PULL_GIVE_UP).
+    let mut pulling = false;
     let mut retry_notes = Vec::new();
     for &i in &needed {
-        let p = match latest_attempt(current, &owner, i) {
+        let latest = latest_attempt(current, &owner, i);
+        pulling |= latest.is_some_and(|(_, pod)| pull_failure(pod).is_some());
+        let p = match latest {
             None => Progress::NotStarted,
             Some((n, pod)) => match pod_progress(pod, now) {
                 // An infrastructure failure gets a new pod, a bounded number of times; a RUN
@@ -492,9 +496,7 @@ pub(crate) async fn drive(
     verdict.requeue = left;
     // A pod whose image the node cannot pull changes little while it backs off: look again
     // in time to end it at PULL_GIVE_UP.
-    if needed.iter().any(|&i| {
-        latest_attempt(current, &owner, i).is_some_and(|(_, pod)| pull_failure(pod).is_some())
-    }) {
+    if pulling {
         let soon = PULL_GIVE_UP / 4;
         verdict.requeue = Some(left.map_or(soon, |l| l.min(soon)));
     }
