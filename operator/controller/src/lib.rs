@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -109,6 +109,20 @@ pub struct Context {
     sources: Arc<Mutex<HashMap<BuildGeneration, FetchedSource>>>,
     /// What the controller counts.
     metrics: Arc<metrics::Metrics>,
+    /// The cluster's nodes, for whether stage pods can run in a user namespace (`None` with
+    /// `--user-namespaces=off`: not watched).
+    nodes: Option<kube::runtime::reflector::Store<Node>>,
+}
+
+impl Context {
+    /// The stage pods' `hostUsers` now, or why no stage pod may start.
+    fn host_users(&self) -> Result<Option<bool>, String> {
+        let nodes = self.nodes.as_ref().map(|s| s.state()).unwrap_or_default();
+        self.settings
+            .builder
+            .user_namespaces
+            .host_users(nodes.iter().map(|n| n.as_ref()))
+    }
 }
 
 /// A build's uid and generation.
@@ -251,6 +265,10 @@ pub async fn run(
         controller: FIELD_MANAGER.to_string(),
         instance: std::env::var("HOSTNAME").ok(),
     };
+    let nodes = match settings.builder.user_namespaces {
+        pods::UserNamespaces::Off => None,
+        _ => Some(watch_nodes(&client).await),
+    };
     let context = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         registry: Arc::new(stagecoach_oci::registry::RegistryClient::new(
@@ -262,6 +280,7 @@ pub async fn run(
         failures: Arc::new(Mutex::new(HashMap::new())),
         sources: Arc::new(Mutex::new(HashMap::new())),
         metrics: Arc::new(metrics::Metrics::default()),
+        nodes,
     });
     if let Some(address) = context.settings.metrics_address {
         let metrics = context.metrics.clone();
@@ -330,6 +349,51 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// How long the controller waits for the first list of nodes before it reconciles anyway
+/// (with none known, `auto` gives host users and `required` makes builds wait).
+const NODES_READY_WAIT: Duration = Duration::from_secs(30);
+
+/// A cache of the cluster's nodes, kept by a watch in the background; returned once the
+/// first list is in (or after [`NODES_READY_WAIT`]). Only the runtime handlers matter here,
+/// so each node's image list, its largest field, is dropped.
+async fn watch_nodes(client: &Client) -> kube::runtime::reflector::Store<Node> {
+    use kube::runtime::WatchStreamExt as _;
+    let (reader, writer) = kube::runtime::reflector::store::<Node>();
+    let stream = kube::runtime::reflector(
+        writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(|node| {
+                if let Some(status) = node.status.as_mut() {
+                    status.images = None;
+                }
+            }),
+    );
+    tokio::spawn(stream.for_each(|event| async move {
+        if let Err(e) = event {
+            tracing::warn!(error = %e, "watching nodes (for user namespaces)");
+        }
+    }));
+    match tokio::time::timeout(NODES_READY_WAIT, reader.wait_until_ready()).await {
+        Ok(_) => {
+            let nodes = reader.state();
+            let supporting = pods::UserNamespaces::Required
+                .host_users(nodes.iter().map(|n| n.as_ref()))
+                .is_ok();
+            tracing::info!(
+                nodes = nodes.len(),
+                any_supports_user_namespaces = supporting,
+                "nodes listed"
+            );
+        }
+        Err(_) => tracing::warn!(
+            "no list of nodes after {} s (does the operator's ClusterRole allow listing nodes?)",
+            NODES_READY_WAIT.as_secs()
+        ),
+    }
+    reader
 }
 
 /// Waits until this replica holds the Lease; the manager keeps renewing it in the

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 /// For `--builder-resources` in the binary, which does not depend on k8s-openapi itself.
 pub use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 use stagecoach_api::{BuildSecret, ImageBuildSpec};
@@ -217,11 +217,89 @@ fn meta(
 pub struct BuilderDefaults {
     /// The stage container's requests and limits when the build's `spec.resources` is unset.
     pub resources: Option<ResourceRequirements>,
-    /// The stage pods' `hostUsers`: `Some(false)` runs them in a user namespace, so root in
-    /// a RUN is not root on the node. The node's runtime must support it (containerd 2 and
-    /// runc 1.2 or later); a kubelet that cannot refuses the pod. `None` leaves the field
-    /// unset (host users).
-    pub host_users: Option<bool>,
+    /// Whether stage pods run in a user namespace (`--user-namespaces`).
+    pub user_namespaces: UserNamespaces,
+}
+
+/// Whether stage pods run with `hostUsers: false`, so that root in a RUN is an unprivileged
+/// user on the node. Only stage pods run user code; the operator's own pods (fetch, push,
+/// cleanup) keep the node's users.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum UserNamespaces {
+    /// In a user namespace when every node's runtime reports support for it
+    /// (`Node.status.runtimeHandlers[name=""].features.userNamespaces`), else with host users.
+    #[default]
+    Auto,
+    /// Always in a user namespace: while no node supports it, builds wait and say why.
+    Required,
+    /// Never (the pods share the node's users).
+    Off,
+}
+
+impl UserNamespaces {
+    /// Parses `auto`, `required` or `off`.
+    pub fn parse(text: &str) -> Option<UserNamespaces> {
+        match text {
+            "auto" => Some(UserNamespaces::Auto),
+            "required" => Some(UserNamespaces::Required),
+            "off" => Some(UserNamespaces::Off),
+            _ => None,
+        }
+    }
+
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserNamespaces::Auto => "auto",
+            UserNamespaces::Required => "required",
+            UserNamespaces::Off => "off",
+        }
+    }
+
+    /// The stage pods' `hostUsers` for these nodes (`None`: unset, the node's users), or why
+    /// no stage pod may start yet.
+    pub fn host_users<'n>(
+        self,
+        nodes: impl IntoIterator<Item = &'n Node>,
+    ) -> Result<Option<bool>, String> {
+        let schedulable: Vec<&Node> = nodes
+            .into_iter()
+            .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
+            .collect();
+        let supporting = schedulable.iter().filter(|n| supports_userns(n)).count();
+        match self {
+            UserNamespaces::Off => Ok(None),
+            UserNamespaces::Auto if supporting > 0 && supporting == schedulable.len() => {
+                Ok(Some(false))
+            }
+            UserNamespaces::Auto => Ok(None),
+            UserNamespaces::Required if supporting > 0 => Ok(Some(false)),
+            UserNamespaces::Required => Err(format!(
+                "waiting for a node whose runtime supports user namespaces (the operator runs \
+                 with --user-namespaces=required; none of the {} schedulable nodes reports \
+                 status.runtimeHandlers[].features.userNamespaces: it needs containerd 2 or \
+                 later with runc 1.2 or later)",
+                schedulable.len()
+            )),
+        }
+    }
+}
+
+/// Whether the node's default runtime handler (the one pods without a runtimeClassName run
+/// on) reports user-namespace support, volumes included.
+fn supports_userns(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.runtime_handlers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|h| h.name.as_deref().unwrap_or_default().is_empty())
+        .any(|h| {
+            h.features
+                .as_ref()
+                .and_then(|f| f.user_namespaces)
+                .unwrap_or(false)
+        })
 }
 
 impl BuilderDefaults {
@@ -265,6 +343,8 @@ pub struct StagePod<'a> {
     pub deadline_seconds: Option<i64>,
     /// The operator's defaults for stage pods.
     pub defaults: &'a BuilderDefaults,
+    /// `hostUsers`, as [`UserNamespaces::host_users`] decided it for the cluster's nodes.
+    pub host_users: Option<bool>,
 }
 
 /// Declared build secrets by the Secret that holds them.
@@ -542,7 +622,7 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     if let Some(seconds) = input.deadline_seconds {
         pod_spec["activeDeadlineSeconds"] = json!(seconds.max(1));
     }
-    if let Some(host_users) = input.defaults.host_users {
+    if let Some(host_users) = input.host_users {
         pod_spec["hostUsers"] = json!(host_users);
     }
     let mut metadata = meta(
@@ -847,6 +927,7 @@ mod tests {
             attempt: 0,
             deadline_seconds: Some(600),
             defaults: &BuilderDefaults::default(),
+            host_users: None,
         };
         let (map, pod) = stage_pod(&input).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s1"));
@@ -923,9 +1004,9 @@ mod tests {
                 )
                 .unwrap(),
             ),
-            host_users: Some(false),
+            user_namespaces: UserNamespaces::Off,
         };
-        let pod_for = |spec: &ImageBuildSpec, defaults: &BuilderDefaults| {
+        let pod_for = |spec: &ImageBuildSpec, defaults: &BuilderDefaults, host_users| {
             let (_, pod) = stage_pod(&StagePod {
                 owner: &owner,
                 spec,
@@ -941,11 +1022,12 @@ mod tests {
                 attempt: 0,
                 deadline_seconds: None,
                 defaults,
+                host_users,
             })
             .unwrap();
             serde_json::to_value(pod.spec.unwrap()).unwrap()
         };
-        let pod = pod_for(&spec(), &defaults);
+        let pod = pod_for(&spec(), &defaults, Some(false));
         assert_eq!(pod["hostUsers"], false);
         assert_eq!(
             pod["containers"][0]["resources"],
@@ -957,16 +1039,51 @@ mod tests {
             ),
             ..spec()
         };
-        let pod = pod_for(&own, &defaults);
+        let pod = pod_for(&own, &defaults, None);
         assert_eq!(
             pod["containers"][0]["resources"],
             json!({"limits": {"memory": "8Gi"}})
         );
         // Without defaults, neither field is set.
-        let pod = pod_for(&spec(), &BuilderDefaults::default());
+        let pod = pod_for(&spec(), &BuilderDefaults::default(), None);
         assert!(pod.get("hostUsers").is_none(), "{pod}");
         assert!(pod["containers"][0].get("resources").is_none(), "{pod}");
         assert!(BuilderDefaults::parse_resources(r#"{"requests": 3}"#).is_err());
+    }
+
+    fn node(handlers: serde_json::Value, unschedulable: bool) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "n"},
+            "spec": {"unschedulable": unschedulable},
+            "status": {"runtimeHandlers": handlers},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn user_namespaces_follow_what_the_nodes_runtimes_report() {
+        let yes = || node(json!([{"name": "", "features": {"userNamespaces": true}},
+            {"name": "runc", "features": {"userNamespaces": true}}]), false);
+        // Only the default handler counts: pods here name no runtimeClassName.
+        let other_handler_only = || node(json!([{"name": "", "features": {"userNamespaces": false}},
+            {"name": "kata", "features": {"userNamespaces": true}}]), false);
+        let old = || node(json!(null), false);
+        let cordoned_old = || node(json!(null), true);
+        use UserNamespaces::{Auto, Off, Required};
+        assert_eq!(Auto.host_users(&[yes(), yes()]), Ok(Some(false)));
+        assert_eq!(Auto.host_users(&[yes(), old()]), Ok(None), "one node without it");
+        assert_eq!(Auto.host_users(&[yes(), cordoned_old()]), Ok(Some(false)));
+        assert_eq!(Auto.host_users(&[other_handler_only()]), Ok(None));
+        assert_eq!(Auto.host_users(&[]), Ok(None));
+        assert_eq!(Off.host_users(&[yes()]), Ok(None));
+        assert_eq!(Required.host_users(&[yes(), old()]), Ok(Some(false)));
+        let wait = Required.host_users(&[old(), other_handler_only()]).unwrap_err();
+        assert!(wait.contains("none of the 2 schedulable nodes"), "{wait}");
+        assert!(wait.contains("--user-namespaces=required"), "{wait}");
+        for mode in [Auto, Required, Off] {
+            assert_eq!(UserNamespaces::parse(mode.as_str()), Some(mode));
+        }
+        assert_eq!(UserNamespaces::parse("yes"), None);
     }
 
     #[test]
@@ -997,6 +1114,7 @@ mod tests {
             attempt: 2,
             deadline_seconds: None,
             defaults: &BuilderDefaults::default(),
+            host_users: None,
         })
         .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
@@ -1119,6 +1237,7 @@ mod tests {
             attempt: 0,
             deadline_seconds: None,
             defaults: &BuilderDefaults::default(),
+            host_users: None,
         })
         .unwrap_err();
         assert_eq!(

@@ -376,7 +376,13 @@ pub(crate) async fn drive(
         })
         .collect();
     let waiting = ready.len().saturating_sub(room);
-    if !ready.is_empty() && room > 0 {
+    // Decided per reconcile: a node that gains or loses support changes the next pods.
+    let host_users = ctx.host_users();
+    let userns_wait = host_users.is_err() && !ready.is_empty();
+    if let (Err(why), true) = (&host_users, userns_wait) {
+        retry_notes.push(why.clone());
+    }
+    if let (Ok(host_users), false, true) = (host_users, ready.is_empty(), room > 0) {
         let dockerfile =
             Dockerfile::parse(dockerfile_text).map_err(|e| Error::Plan(e.to_string()))?;
         let context = ensure_context(&maps, build, &owner).await?;
@@ -424,6 +430,7 @@ pub(crate) async fn drive(
                 attempt,
                 deadline_seconds: left.map(|l| i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
                 defaults: &ctx.settings.builder,
+                host_users,
             });
             let (map, pod) = match made {
                 Ok(made) => made,
@@ -496,7 +503,7 @@ pub(crate) async fn drive(
     verdict.requeue = left;
     // A pod whose image the node cannot pull changes little while it backs off: look again
     // in time to end it at PULL_GIVE_UP.
-    if pulling {
+    if pulling || userns_wait {
         let soon = PULL_GIVE_UP / 4;
         verdict.requeue = Some(left.map_or(soon, |l| l.min(soon)));
     }

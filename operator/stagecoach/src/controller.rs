@@ -2,6 +2,8 @@
 //! `stagecoach_controller` (kubeconfig or in-cluster configuration, all namespaces unless
 //! `--namespace` names one).
 
+use stagecoach_controller::pods::UserNamespaces;
+
 /// Arguments of `stagecoach controller`.
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
@@ -47,10 +49,15 @@ pub struct ControllerArgs {
     /// as JSON: {"requests":{"cpu":"500m","memory":"1Gi"},"limits":{"memory":"4Gi"}}.
     #[arg(long, value_name = "JSON", value_parser = parse_resources)]
     builder_resources: Option<Resources>,
-    /// hostUsers of stage pods: false runs them in a user namespace (the nodes' runtime
-    /// must support it: containerd 2 and runc 1.2 or later); unset leaves it to Kubernetes.
-    #[arg(long, value_name = "BOOL")]
-    host_users: Option<bool>,
+    /// Stage pods in a user namespace (hostUsers: false), so root in a RUN is not root on
+    /// the node: `auto` when every node's runtime reports support (containerd 2 and runc 1.2
+    /// or later), `required` always (builds wait while no node supports it), `off` never.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_user_namespaces)]
+    user_namespaces: UserNamespaces,
+}
+
+fn parse_user_namespaces(text: &str) -> Result<UserNamespaces, String> {
+    UserNamespaces::parse(text).ok_or_else(|| "one of auto, required, off".to_string())
 }
 
 /// `--builder-resources`, parsed.
@@ -89,7 +96,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         leader_election_namespace: args.leader_election_namespace.clone(),
         builder: stagecoach_controller::pods::BuilderDefaults {
             resources: args.builder_resources.as_ref().map(|r| r.0.clone()),
-            host_users: args.host_users,
+            user_namespaces: args.user_namespaces,
         },
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)
