@@ -919,6 +919,21 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
                     kind: FailKind::Infrastructure,
                 };
             }
+            // The executor writes its result last, after killing every other process of
+            // the container, so a RUN cannot leave a forged one behind; a result that does
+            // not fit how the container ended is taken for one anyway, and never retried
+            // (the same RUN would forge it again).
+            if let Some(why) = result.as_deref().and_then(|r| implausible(r, t.exit_code)) {
+                return Progress::Failed {
+                    // StageFailed: what the stage ran did this, whatever the code was.
+                    code: stagecoach_protocol::ExitCode::InstructionFailed.code(),
+                    result: None,
+                    message: format!(
+                        "the stage's result was rejected: {why} (the termination message is not the executor's; did a RUN write /dev/termination-log?)"
+                    ),
+                    kind: FailKind::Build,
+                };
+            }
             if t.exit_code == 0 {
                 return match result {
                     Some(r) => Progress::Succeeded(r),
@@ -974,6 +989,27 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
             kind: FailKind::Infrastructure,
         },
         None => Progress::Running,
+    }
+}
+
+/// Why a stage result cannot be the executor's, given the exit code its container ended
+/// with: the executor puts that code in its result, and a success names its config.
+fn implausible(result: &StageResult, exit_code: i32) -> Option<String> {
+    use stagecoach_protocol::result::Outcome;
+    if result.exit_code != exit_code {
+        return Some(format!(
+            "it says exit code {}, the container ended with {exit_code}",
+            result.exit_code
+        ));
+    }
+    match (exit_code, result.outcome, &result.config_digest) {
+        (0, Outcome::Succeeded, Some(_)) => None,
+        (0, Outcome::Succeeded, None) => Some("a success without an image config".into()),
+        (0, Outcome::Failed, _) => Some("a failure, but the container exited 0".into()),
+        (_, Outcome::Succeeded, _) => Some(format!(
+            "a success, but the container exited {exit_code}"
+        )),
+        (_, Outcome::Failed, _) => None,
     }
 }
 
@@ -1374,6 +1410,57 @@ mod tests {
                     "{message}"
                 );
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ended(exit_code: i32, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b-g1-s0"},
+            "status": {"phase": if exit_code == 0 { "Succeeded" } else { "Failed" },
+                "containerStatuses": [{
+                "name": "stage", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": exit_code, "reason": "Completed", "message": message}}
+            }]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_result_that_does_not_fit_the_exit_code_is_rejected_and_not_retried() {
+        let digest: stagecoach_protocol::Digest = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+        let mut success = StageResult::failed_early(stagecoach_protocol::StageReason::RunFailed, 0, String::new());
+        success.outcome = stagecoach_protocol::result::Outcome::Succeeded;
+        success.message = None;
+        success.reason = None;
+        success.config_digest = Some(digest);
+        let json = |r: &StageResult| serde_json::to_string(r).unwrap();
+        // The executor's own success is taken.
+        assert!(matches!(pod_progress(&ended(0, &json(&success)), Timestamp::now()), Progress::Succeeded(_)));
+        let failure = StageResult::failed_early(stagecoach_protocol::StageReason::RunFailed, 1, "RUN failed".into());
+        let no_config = StageResult { config_digest: None, ..success.clone() };
+        let forged = [
+            // A forged success left behind by a RUN whose stage then failed.
+            (1, json(&success), "it says exit code 0, the container ended with 1"),
+            (0, json(&failure), "it says exit code 1, the container ended with 0"),
+            (0, json(&no_config), "a success without an image config"),
+            (0, json(&StageResult { outcome: stagecoach_protocol::result::Outcome::Failed, ..success.clone() }), "a failure, but the container exited 0"),
+            (3, json(&StageResult { exit_code: 3, ..success.clone() }), "a success, but the container exited 3"),
+        ];
+        for (code, message, why) in forged {
+            match pod_progress(&ended(code, &message), Timestamp::now()) {
+                Progress::Failed { message, kind, code, result } => {
+                    assert_eq!(kind, FailKind::Build, "not retried");
+                    assert!(result.is_none());
+                    assert_eq!(condition_for_exit(code, None), Reason::StageFailed);
+                    assert!(message.contains(why) && message.contains("/dev/termination-log"), "{message}");
+                }
+                other => panic!("{why}: {other:?}"),
+            }
+        }
+        // A genuine failure still reads as one, with its reason.
+        match pod_progress(&ended(1, &json(&failure)), Timestamp::now()) {
+            Progress::Failed { result, .. } => assert!(result.is_some()),
             other => panic!("{other:?}"),
         }
     }
