@@ -267,7 +267,7 @@ pub async fn run(
     };
     let nodes = match settings.builder.user_namespaces {
         pods::UserNamespaces::Off => None,
-        _ => Some(watch_nodes(&client).await),
+        _ => Some(watch_nodes(&client)),
     };
     let context = Arc::new(Context {
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
@@ -297,6 +297,9 @@ pub async fn run(
         None => None,
         Some(lease_namespace) => Some(acquire_lease(&context.client, lease_namespace).await?),
     };
+    if let Some(nodes) = &context.nodes {
+        wait_for_nodes(nodes).await;
+    }
     tracing::info!(
         namespace = namespace.unwrap_or("*"),
         "stagecoach controller watching ImageBuilds"
@@ -355,10 +358,9 @@ pub async fn run(
 /// (with none known, `auto` gives host users and `required` makes builds wait).
 const NODES_READY_WAIT: Duration = Duration::from_secs(30);
 
-/// A cache of the cluster's nodes, kept by a watch in the background; returned once the
-/// first list is in (or after [`NODES_READY_WAIT`]). Only the runtime handlers matter here,
-/// so each node's image list, its largest field, is dropped.
-async fn watch_nodes(client: &Client) -> kube::runtime::reflector::Store<Node> {
+/// A cache of the cluster's nodes, kept by a watch in the background. Only the runtime
+/// handlers matter here, so each node's image list, its largest field, is dropped.
+fn watch_nodes(client: &Client) -> kube::runtime::reflector::Store<Node> {
     use kube::runtime::WatchStreamExt as _;
     let (reader, writer) = kube::runtime::reflector::store::<Node>();
     let stream = kube::runtime::reflector(
@@ -376,6 +378,12 @@ async fn watch_nodes(client: &Client) -> kube::runtime::reflector::Store<Node> {
             tracing::warn!(error = %e, "watching nodes (for user namespaces)");
         }
     }));
+    reader
+}
+
+/// Waits until the first list of nodes is in, at most [`NODES_READY_WAIT`], so that the
+/// first pods already know whether they get a user namespace.
+async fn wait_for_nodes(reader: &kube::runtime::reflector::Store<Node>) {
     match tokio::time::timeout(NODES_READY_WAIT, reader.wait_until_ready()).await {
         Ok(_) => {
             let nodes = reader.state();
@@ -393,7 +401,6 @@ async fn watch_nodes(client: &Client) -> kube::runtime::reflector::Store<Node> {
             NODES_READY_WAIT.as_secs()
         ),
     }
-    reader
 }
 
 /// Waits until this replica holds the Lease; the manager keeps renewing it in the

@@ -264,7 +264,12 @@ impl UserNamespaces {
     ) -> Result<Option<bool>, String> {
         let schedulable: Vec<&Node> = nodes
             .into_iter()
-            .filter(|n| !n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false))
+            .filter(|n| {
+                !n.spec
+                    .as_ref()
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false)
+            })
             .collect();
         let supporting = schedulable.iter().filter(|n| supports_userns(n)).count();
         match self {
@@ -1062,22 +1067,38 @@ mod tests {
 
     #[test]
     fn user_namespaces_follow_what_the_nodes_runtimes_report() {
-        let yes = || node(json!([{"name": "", "features": {"userNamespaces": true}},
-            {"name": "runc", "features": {"userNamespaces": true}}]), false);
+        let yes = || {
+            node(
+                json!([{"name": "", "features": {"userNamespaces": true}},
+            {"name": "runc", "features": {"userNamespaces": true}}]),
+                false,
+            )
+        };
         // Only the default handler counts: pods here name no runtimeClassName.
-        let other_handler_only = || node(json!([{"name": "", "features": {"userNamespaces": false}},
-            {"name": "kata", "features": {"userNamespaces": true}}]), false);
+        let other_handler_only = || {
+            node(
+                json!([{"name": "", "features": {"userNamespaces": false}},
+            {"name": "kata", "features": {"userNamespaces": true}}]),
+                false,
+            )
+        };
         let old = || node(json!(null), false);
         let cordoned_old = || node(json!(null), true);
         use UserNamespaces::{Auto, Off, Required};
         assert_eq!(Auto.host_users(&[yes(), yes()]), Ok(Some(false)));
-        assert_eq!(Auto.host_users(&[yes(), old()]), Ok(None), "one node without it");
+        assert_eq!(
+            Auto.host_users(&[yes(), old()]),
+            Ok(None),
+            "one node without it"
+        );
         assert_eq!(Auto.host_users(&[yes(), cordoned_old()]), Ok(Some(false)));
         assert_eq!(Auto.host_users(&[other_handler_only()]), Ok(None));
         assert_eq!(Auto.host_users(&[]), Ok(None));
         assert_eq!(Off.host_users(&[yes()]), Ok(None));
         assert_eq!(Required.host_users(&[yes(), old()]), Ok(Some(false)));
-        let wait = Required.host_users(&[old(), other_handler_only()]).unwrap_err();
+        let wait = Required
+            .host_users(&[old(), other_handler_only()])
+            .unwrap_err();
         assert!(wait.contains("none of the 2 schedulable nodes"), "{wait}");
         assert!(wait.contains("--user-namespaces=required"), "{wait}");
         for mode in [Auto, Required, Off] {

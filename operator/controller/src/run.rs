@@ -1006,9 +1006,9 @@ fn implausible(result: &StageResult, exit_code: i32) -> Option<String> {
         (0, Outcome::Succeeded, Some(_)) => None,
         (0, Outcome::Succeeded, None) => Some("a success without an image config".into()),
         (0, Outcome::Failed, _) => Some("a failure, but the container exited 0".into()),
-        (_, Outcome::Succeeded, _) => Some(format!(
-            "a success, but the container exited {exit_code}"
-        )),
+        (_, Outcome::Succeeded, _) => {
+            Some(format!("a success, but the container exited {exit_code}"))
+        }
         (_, Outcome::Failed, _) => None,
     }
 }
@@ -1428,32 +1428,77 @@ mod tests {
 
     #[test]
     fn a_result_that_does_not_fit_the_exit_code_is_rejected_and_not_retried() {
-        let digest: stagecoach_protocol::Digest = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
-        let mut success = StageResult::failed_early(stagecoach_protocol::StageReason::RunFailed, 0, String::new());
+        let digest: stagecoach_protocol::Digest =
+            format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+        let mut success = StageResult::failed_early(
+            stagecoach_protocol::StageReason::RunFailed,
+            0,
+            String::new(),
+        );
         success.outcome = stagecoach_protocol::result::Outcome::Succeeded;
         success.message = None;
         success.reason = None;
         success.config_digest = Some(digest);
         let json = |r: &StageResult| serde_json::to_string(r).unwrap();
         // The executor's own success is taken.
-        assert!(matches!(pod_progress(&ended(0, &json(&success)), Timestamp::now()), Progress::Succeeded(_)));
-        let failure = StageResult::failed_early(stagecoach_protocol::StageReason::RunFailed, 1, "RUN failed".into());
-        let no_config = StageResult { config_digest: None, ..success.clone() };
+        assert!(matches!(
+            pod_progress(&ended(0, &json(&success)), Timestamp::now()),
+            Progress::Succeeded(_)
+        ));
+        let failure = StageResult::failed_early(
+            stagecoach_protocol::StageReason::RunFailed,
+            1,
+            "RUN failed".into(),
+        );
+        let no_config = StageResult {
+            config_digest: None,
+            ..success.clone()
+        };
         let forged = [
             // A forged success left behind by a RUN whose stage then failed.
-            (1, json(&success), "it says exit code 0, the container ended with 1"),
-            (0, json(&failure), "it says exit code 1, the container ended with 0"),
+            (
+                1,
+                json(&success),
+                "it says exit code 0, the container ended with 1",
+            ),
+            (
+                0,
+                json(&failure),
+                "it says exit code 1, the container ended with 0",
+            ),
             (0, json(&no_config), "a success without an image config"),
-            (0, json(&StageResult { outcome: stagecoach_protocol::result::Outcome::Failed, ..success.clone() }), "a failure, but the container exited 0"),
-            (3, json(&StageResult { exit_code: 3, ..success.clone() }), "a success, but the container exited 3"),
+            (
+                0,
+                json(&StageResult {
+                    outcome: stagecoach_protocol::result::Outcome::Failed,
+                    ..success.clone()
+                }),
+                "a failure, but the container exited 0",
+            ),
+            (
+                3,
+                json(&StageResult {
+                    exit_code: 3,
+                    ..success.clone()
+                }),
+                "a success, but the container exited 3",
+            ),
         ];
         for (code, message, why) in forged {
             match pod_progress(&ended(code, &message), Timestamp::now()) {
-                Progress::Failed { message, kind, code, result } => {
+                Progress::Failed {
+                    message,
+                    kind,
+                    code,
+                    result,
+                } => {
                     assert_eq!(kind, FailKind::Build, "not retried");
                     assert!(result.is_none());
                     assert_eq!(condition_for_exit(code, None), Reason::StageFailed);
-                    assert!(message.contains(why) && message.contains("/dev/termination-log"), "{message}");
+                    assert!(
+                        message.contains(why) && message.contains("/dev/termination-log"),
+                        "{message}"
+                    );
                 }
                 other => panic!("{why}: {other:?}"),
             }

@@ -50,7 +50,7 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "JSON", value_parser = parse_resources)]
     builder_resources: Option<Resources>,
     /// Stage pods in a user namespace (hostUsers: false), so root in a RUN is not root on
-    /// the node: `auto` when every node's runtime reports support (containerd 2 and runc 1.2
+    /// the node: `auto` when every schedulable node's runtime reports support (containerd 2, runc 1.2
     /// or later), `required` always (builds wait while no node supports it), `off` never.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_user_namespaces)]
     user_namespaces: UserNamespaces,
