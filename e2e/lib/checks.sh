@@ -14,8 +14,14 @@ shopt -s inherit_errexit
 say() { printf '%s\n' "$*"; }
 
 check() { # name function
-  local name=$1 start=$SECONDS out rc=0
-  out=$("$2" 2>&1) || rc=$?
+  local name=$1 start=$SECONDS out rc
+  # Not `out=$(…) || rc=$?`: bash ignores -e in everything a `||` list runs, functions and
+  # command substitutions included, and a check would run on past its first failure. Here
+  # the substitution turns -e on for itself while the caller's is off.
+  set +e
+  out=$(set -e; "$2" 2>&1)
+  rc=$?
+  set -e
   if ((rc == 0)); then
     passed=$((passed + 1)); say "ok   $name ($((SECONDS - start))s)"
   else
@@ -97,6 +103,27 @@ cache_dir() {
   local pv
   pv=$("${K[@]}" get pvc stagecoach-cache -o jsonpath='{.spec.volumeName}')
   kubectl get pv "$pv" -o jsonpath='{.spec.hostPath.path}'
+}
+
+# Every blob of the namespace's cache hashes to its name, and every key is JSON naming a
+# blob that exists (read on the host path).
+cache_is_sound() {
+  local dir bad=0 blob name key
+  dir=$(cache_dir)
+  [[ -d $dir/blobs/sha256 ]] || { echo "no cache at $dir"; return 1; }
+  for blob in "$dir"/blobs/sha256/*; do
+    name=$(basename "$blob")
+    [[ $name == .* ]] && continue
+    [[ $(sha256sum "$blob" | cut -d' ' -f1) == "$name" ]] || { echo "blob $name does not hash to its name"; bad=1; }
+  done
+  for key in "$dir"/keys/*; do
+    [[ $(basename "$key") == .* ]] && continue
+    jq -e . "$key" >/dev/null 2>&1 || { echo "key $(basename "$key") is not JSON"; bad=1; continue; }
+    name=$(jq -r '.layer.digest // empty' "$key")
+    [[ -z $name || -f $dir/blobs/sha256/${name#sha256:} ]] || { echo "key $(basename "$key") names a missing blob $name"; bad=1; }
+  done
+  echo "$(find "$dir/blobs/sha256" -type f | wc -l) blobs and $(find "$dir/keys" -type f | wc -l) keys checked" >&2
+  ((bad == 0))
 }
 
 # The installed controller's cap on a build's running stage pods (--max-parallel-pods).

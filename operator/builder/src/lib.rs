@@ -13,6 +13,7 @@ pub mod context;
 pub mod copy;
 pub mod dockerignore;
 pub mod executor;
+pub mod gc;
 pub mod image_state;
 pub mod inplace;
 pub mod job;

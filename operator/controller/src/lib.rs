@@ -14,6 +14,7 @@
 //! succeeds, fails or times out (docs/architecture.md, "The operator").
 
 mod finalize;
+pub mod gc;
 pub mod logs;
 pub mod metrics;
 pub mod pods;
@@ -73,6 +74,8 @@ pub struct Settings {
     pub leader_election_namespace: Option<String>,
     /// Defaults for stage pods (resources, hostUsers).
     pub builder: pods::BuilderDefaults,
+    /// Cache garbage collection.
+    pub cache_gc: gc::GcSettings,
 }
 
 impl Default for Settings {
@@ -89,6 +92,7 @@ impl Default for Settings {
             metrics_address: None,
             leader_election_namespace: None,
             builder: pods::BuilderDefaults::default(),
+            cache_gc: gc::GcSettings::default(),
         }
     }
 }
@@ -300,6 +304,8 @@ pub async fn run(
     if let Some(nodes) = &context.nodes {
         wait_for_nodes(nodes).await;
     }
+    // The active replica's alone, like reconciling.
+    tokio::spawn(gc::run_loop(context.clone(), namespace.map(str::to_string)));
     tracing::info!(
         namespace = namespace.unwrap_or("*"),
         "stagecoach controller watching ImageBuilds"

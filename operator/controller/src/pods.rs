@@ -838,6 +838,76 @@ pub fn cleanup_pod(owner: &Owner, operator_image: &str, cache_claim: &str) -> Po
     })
 }
 
+/// The label that names a cache claim's garbage-collection pods (a hash of the claim's name:
+/// a claim name need not fit a label value).
+pub const LABEL_CACHE_GC: &str = "stagecoach.dev/cache-gc";
+
+/// What one cache collection keeps and removes (`stagecoach gc`'s flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcRun {
+    /// Nothing used at or after this (seconds since the epoch) goes.
+    pub in_use_since: u64,
+    /// The age limit in seconds.
+    pub max_age: u64,
+    /// The size limit in bytes.
+    pub max_bytes: Option<u64>,
+    /// Running builds' uids.
+    pub keep_builds: Vec<String>,
+}
+
+/// The label value and pod-name stem of a claim's collections.
+pub fn cache_gc_id(claim: &str) -> String {
+    let digest = stagecoach_protocol::Digest::of_bytes(claim.as_bytes());
+    digest.hex().chars().take(12).collect()
+}
+
+/// A pod that collects garbage on a cache claim (`stagecoach gc`), named after the claim and
+/// the time, owned by nothing (a cache belongs to no build).
+pub fn cache_gc_pod(claim: &str, operator_image: &str, run: &GcRun, now_seconds: u64) -> Pod {
+    let id = cache_gc_id(claim);
+    let name = format!("stagecoach-gc-{id}-{now_seconds}");
+    let metadata = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(name.clone()),
+        labels: Some(
+            [
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "stagecoach".to_string(),
+                ),
+                (LABEL_COMPONENT.to_string(), "cache-gc".to_string()),
+                (LABEL_CACHE_GC.to_string(), id),
+            ]
+            .into(),
+        ),
+        annotations: Some([("stagecoach.dev/cache-claim".to_string(), claim.to_string())].into()),
+        ..Default::default()
+    };
+    let mut args = vec![
+        "gc".to_string(),
+        "--cache".into(),
+        CACHE_DIR.into(),
+        "--in-use-since".into(),
+        run.in_use_since.to_string(),
+        "--max-age".into(),
+        run.max_age.to_string(),
+    ];
+    if let Some(bytes) = run.max_bytes {
+        args.extend(["--max-bytes".to_string(), bytes.to_string()]);
+    }
+    for uid in &run.keep_builds {
+        args.extend(["--keep-build".to_string(), uid.clone()]);
+    }
+    tool_pod(ToolPod {
+        name: &name,
+        container: "gc",
+        metadata,
+        operator_image,
+        cache_claim: claim,
+        args,
+        extra: vec![],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

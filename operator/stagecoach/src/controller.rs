@@ -54,6 +54,18 @@ pub struct ControllerArgs {
     /// or later), `required` always (builds wait while no node supports it), `off` never.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_user_namespaces)]
     user_namespaces: UserNamespaces,
+    /// How often each cache claim is garbage-collected (a pod running `stagecoach gc`), e.g.
+    /// 1h, 30m; `never` turns collection off.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_retention)]
+    cache_gc_interval: Retention,
+    /// Cache keys, RUN cache mounts and unreferenced blobs unused for longer are collected.
+    #[arg(long, value_name = "DURATION", default_value = "168h", value_parser = stagecoach_api::parse_timeout)]
+    cache_max_age: std::time::Duration,
+    /// Then the least recently used go until the cache holds at most this share of its
+    /// claim's capacity (percent; 0: no size limit).
+    #[arg(long, value_name = "PERCENT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    cache_max_used_percent: u8,
 }
 
 fn parse_user_namespaces(text: &str) -> Result<UserNamespaces, String> {
@@ -97,6 +109,12 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         builder: stagecoach_controller::pods::BuilderDefaults {
             resources: args.builder_resources.as_ref().map(|r| r.0.clone()),
             user_namespaces: args.user_namespaces,
+        },
+        cache_gc: stagecoach_controller::gc::GcSettings {
+            interval: args.cache_gc_interval.0,
+            max_age: args.cache_max_age,
+            max_used_percent: (args.cache_max_used_percent > 0)
+                .then_some(args.cache_max_used_percent),
         },
     };
     stagecoach_controller::main(args.namespace.as_deref(), settings)

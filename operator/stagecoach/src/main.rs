@@ -7,6 +7,7 @@ mod clean;
 mod controller;
 mod crd;
 mod fetch;
+mod gc;
 mod logging;
 mod logs;
 mod plan;
@@ -56,6 +57,9 @@ enum Command {
     /// Remove a deleted build's directory from the cache volume (what a cleanup pod runs).
     #[command(hide = true)]
     Clean(clean::CleanArgs),
+    /// Remove what a cache volume no longer needs, by age and size (what a cache-GC pod runs).
+    #[command(hide = true)]
+    Gc(gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
         Command::Push(args) => push::run(&args).map_err(|e| (format!("push: {e}"), 1)),
         Command::Prepare(args) => stage::prepare(&args).map_err(|e| (format!("prepare: {e}"), 1)),
         Command::Clean(args) => clean::run(&args).map_err(|e| (format!("clean: {e}"), 1)),
+        Command::Gc(args) => gc::run(&args).map_err(|e| (format!("gc: {e} ({})", e.reason()), 1)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

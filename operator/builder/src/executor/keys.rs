@@ -35,6 +35,11 @@ impl KeyStore {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// Marks `key` as used now (see [`crate::gc`]).
+    pub fn touch(&self, key: &str) {
+        crate::gc::touch(&self.dir.join(key));
+    }
+
     /// Writes the entry for `key` atomically and durably, so readers see the old entry, the
     /// new one, or none, never half of one.
     pub fn put(&self, key: &str, entry: &CacheEntry) -> Result<(), ExecutorError> {

@@ -572,6 +572,8 @@ impl<'a> StageExecutor<'a> {
             && let Some(entry) = self.keys.get(&key)
             && self.entry_usable(&entry)?
         {
+            // Its last use, for garbage collection's age and LRU order.
+            self.keys.touch(&key);
             if let Some(layer) = &entry.layer {
                 let stacked = match self.stacker {
                     Some(stacker) if ctx.cursor.only_hits => {

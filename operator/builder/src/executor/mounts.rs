@@ -48,6 +48,8 @@ impl StageExecutor<'_> {
                         Err(e) => return Err(io_err("create", &dir)(e)),
                     }
                 }
+                // Its last use, for garbage collection's age and LRU order.
+                crate::gc::touch(&dir);
                 // `locked` and `private` both serialise writers here: private copies are
                 // not implemented, and a lock gives the same isolation at the cost of waiting.
                 let lock = matches!(sharing, Sharing::Locked | Sharing::Private)
