@@ -126,8 +126,19 @@ cache_is_sound() {
   ((bad == 0))
 }
 
-# The installed controller's cap on a build's running stage pods (--max-parallel-pods).
-max_parallel_pods() {
+# A flag of the installed controller (--NAME=VALUE), or DEFAULT when it has none.
+installed_flag() { # name default
   kubectl -n stagecoach-system get deployment stagecoach-controller -o json \
-    | jq -r '.spec.template.spec.containers[0].args | map(select(startswith("--max-parallel-pods="))) | .[0] // "--max-parallel-pods=8" | ltrimstr("--max-parallel-pods=")'
+    | jq -r --arg f "--$1=" --arg d "$2" '.spec.template.spec.containers[0].args | map(select(startswith($f))) | .[0] // ($f + $d) | ltrimstr($f)'
+}
+
+# The installed controller's cap on a build's running stage pods (--max-parallel-pods).
+max_parallel_pods() { installed_flag max-parallel-pods 8; }
+
+# What a script that reinstalls the operator keeps of the installed one: the pod cap, the
+# context limit and the collection interval, as the environment of `e2e/cluster install`
+# (the chart values given are added after them, so they win).
+reinstall_env() { # [more chart values]
+  echo "STAGECOACH_MAX_PARALLEL_PODS=$(max_parallel_pods)"
+  echo "STAGECOACH_HELM_SET=builds.maxContextSize=$(installed_flag max-context-size 4Gi) builds.cache.gc.interval=$(installed_flag cache-gc-interval 1h)${1:+ $1}"
 }

@@ -91,6 +91,18 @@ pub enum JobError {
 impl JobError {
     /// The stable reason.
     pub fn reason(&self) -> StageReason {
+        if let JobError::Executor(e) = self {
+            return e.reason();
+        }
+        if crate::executor::no_space(self) {
+            // The store and the export are on the cache volume; the rest is the root's.
+            return match self {
+                JobError::StageConfig { .. } | JobError::Store(_) | JobError::Export { .. } => {
+                    StageReason::CacheFull
+                }
+                _ => StageReason::NoSpace,
+            };
+        }
         match self {
             JobError::Dockerfile(_)
             | JobError::NoSuchStage { .. }

@@ -76,6 +76,8 @@ pub struct Settings {
     pub builder: pods::BuilderDefaults,
     /// Cache garbage collection.
     pub cache_gc: gc::GcSettings,
+    /// The most bytes a fetched git context may hold (`None`: no limit).
+    pub max_context_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -93,6 +95,7 @@ impl Default for Settings {
             leader_election_namespace: None,
             builder: pods::BuilderDefaults::default(),
             cache_gc: gc::GcSettings::default(),
+            max_context_bytes: Some(4 << 30),
         }
     }
 }

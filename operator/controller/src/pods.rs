@@ -1273,6 +1273,7 @@ mod tests {
             dockerfile: "Dockerfile".into(),
             dest: "/cache/builds/u-1/context".into(),
             credentials: Some(GIT_CREDENTIALS_DIR.into()),
+            max_bytes: None,
         };
         let (map, pod) = fetch_pod(&owner, "o", "c", &fetch, Some("gitcred"));
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-fetch"));

@@ -816,9 +816,6 @@ async fn ensure_context(
     }
 }
 
-/// How std prints ENOSPC in an I/O error (`raw_os_error` 28 on Linux).
-const ENOSPC_TEXT: &str = "No space left on device (os error 28)";
-
 /// The claim mounted as a stage pod's cache volume.
 fn cache_claim_of(pod: &Pod) -> String {
     pod.spec
@@ -958,9 +955,12 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
                 Reason::PodFailed => FailKind::Infrastructure,
                 _ => FailKind::Build,
             };
-            // A full cache volume fails every try the same way: say so, and do not retry.
-            // The executor's I/O errors end in std's text for ENOSPC.
-            if kind == FailKind::Infrastructure && message.contains(ENOSPC_TEXT) {
+            // A full cache volume fails every try the same way: say so, and do not retry. (A
+            // full root file system is the node's: another try may land elsewhere.)
+            if result
+                .as_ref()
+                .is_some_and(|r| r.reason == Some(stagecoach_protocol::StageReason::CacheFull))
+            {
                 return Progress::Failed {
                     code: t.exit_code,
                     result,
@@ -1376,7 +1376,7 @@ mod tests {
     #[test]
     fn a_full_cache_volume_is_said_and_not_retried() {
         let result = StageResult::failed_early(
-            stagecoach_protocol::StageReason::LayerWriteFailed,
+            stagecoach_protocol::StageReason::CacheFull,
             3,
             "layer writer: writing the layer stream failed: No space left on device (os error 28)"
                 .into(),

@@ -153,6 +153,7 @@ async fn start(
         dockerfile: build.spec.dockerfile.clone(),
         dest: std::path::Path::new(CACHE_DIR).join(crate::run::context_sub_path(owner)),
         credentials: git.secret_ref.as_ref().map(|_| GIT_CREDENTIALS_DIR.into()),
+        max_bytes: ctx.settings.max_context_bytes,
     };
     let (map, pod) = pods::fetch_pod(
         owner,

@@ -274,6 +274,10 @@ pub struct FetchJob {
     /// A directory with `username` and `password` files for http(s) basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<PathBuf>,
+    /// The most bytes the checked-out context may hold (the operator's
+    /// `--max-context-size`); a larger one is removed and the fetch fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 /// What a fetch reports when it succeeded (its termination message). The Dockerfile's text

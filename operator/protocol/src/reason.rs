@@ -108,11 +108,17 @@ pub enum StageReason {
     /// An image `COPY --from` names could not be pulled into the pod (the registry, a
     /// retry may pass).
     PullFailed,
+    /// A disk the executor writes to is full, other than the cache volume: the container's
+    /// root file system on the node (another try may land elsewhere).
+    NoSpace,
+    /// The cache volume is full (writing a layer, a config or an export): every try on it
+    /// fails the same way, so the controller does not retry.
+    CacheFull,
 }
 
 impl StageReason {
     /// Every stage reason.
-    pub const ALL: [StageReason; 20] = [
+    pub const ALL: [StageReason; 22] = [
         StageReason::RunFailed,
         StageReason::InvalidInstruction,
         StageReason::CopyFailed,
@@ -133,6 +139,8 @@ impl StageReason {
         StageReason::ConfigFailed,
         StageReason::IoFailed,
         StageReason::PullFailed,
+        StageReason::NoSpace,
+        StageReason::CacheFull,
     ];
 
     /// The reason as results, status and metrics spell it.
@@ -158,6 +166,8 @@ impl StageReason {
             StageReason::ConfigFailed => "ConfigFailed",
             StageReason::IoFailed => "IoFailed",
             StageReason::PullFailed => "PullFailed",
+            StageReason::NoSpace => "NoSpace",
+            StageReason::CacheFull => "CacheFull",
         }
     }
 
@@ -185,7 +195,9 @@ impl StageReason {
             | StageReason::PathResolveFailed
             | StageReason::ConfigFailed
             | StageReason::IoFailed
-            | StageReason::PullFailed => Some(ExitCode::Infrastructure),
+            | StageReason::PullFailed
+            | StageReason::NoSpace
+            | StageReason::CacheFull => Some(ExitCode::Infrastructure),
         }
     }
 
@@ -214,7 +226,9 @@ impl StageReason {
             | StageReason::PathResolveFailed
             | StageReason::ConfigFailed
             | StageReason::IoFailed
-            | StageReason::PullFailed => Reason::PodFailed,
+            | StageReason::PullFailed
+            | StageReason::NoSpace
+            | StageReason::CacheFull => Reason::PodFailed,
         }
     }
 

@@ -13,7 +13,7 @@ use ExitCode::{BadInput, Infrastructure, InstructionFailed};
 use Reason::{PodFailed, StageFailed};
 
 /// The table the docs (docs/builder.md) show: spelling, exit code, condition.
-const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 20] = [
+const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 22] = [
     (
         StageReason::RunFailed,
         "RunFailed",
@@ -131,6 +131,18 @@ const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 20] = [
     (
         StageReason::PullFailed,
         "PullFailed",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::NoSpace,
+        "NoSpace",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::CacheFull,
+        "CacheFull",
         Some(Infrastructure),
         PodFailed,
     ),

@@ -66,6 +66,16 @@ pub struct ControllerArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 80,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     cache_max_used_percent: u8,
+    /// The most a git source's checked-out context may hold (a Kubernetes quantity of
+    /// bytes, e.g. 4Gi); a larger one fails the build with SourceFetchFailed.
+    #[arg(long, value_name = "QUANTITY", default_value = "4Gi", value_parser = parse_quantity)]
+    max_context_size: u64,
+}
+
+fn parse_quantity(text: &str) -> Result<u64, String> {
+    stagecoach_controller::gc::parse_bytes(text).ok_or_else(|| {
+        "a whole number of bytes with an optional suffix (Ki, Mi, Gi, Ti, k, M, G, T)".to_string()
+    })
 }
 
 fn parse_user_namespaces(text: &str) -> Result<UserNamespaces, String> {
@@ -110,6 +120,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
             resources: args.builder_resources.as_ref().map(|r| r.0.clone()),
             user_namespaces: args.user_namespaces,
         },
+        max_context_bytes: Some(args.max_context_size),
         cache_gc: stagecoach_controller::gc::GcSettings {
             interval: args.cache_gc_interval.0,
             max_age: args.cache_max_age,

@@ -157,6 +157,23 @@ pub fn fetch_job(job: &FetchJob) -> Result<Fetched, FetchFailure> {
             SubPathError::Failure(f) => f,
         })?
     };
+    if let Some(limit) = job.max_bytes {
+        let size = tree_bytes(&job.dest);
+        if size > limit {
+            // Nothing of it stays on the cache volume.
+            let _ = std::fs::remove_dir_all(&job.dest);
+            return Err(failure(
+                Reason::SourceFetchFailed,
+                format!(
+                    "the context of {source} at commit {commit} holds {} ({size} bytes), over the \
+                     limit of {} (the operator's --max-context-size, chart value \
+                     builds.maxContextSize)",
+                    human_bytes(size),
+                    human_bytes(limit)
+                ),
+            ));
+        }
+    }
     let text = read_dockerfile(&job.dest, &dockerfile).map_err(|problem| {
         failure(
             Reason::InvalidDockerfile,
@@ -252,6 +269,35 @@ fn fetch_sub_path(
         return Err(io_failed(&job.dest, e));
     }
     Ok(commit)
+}
+
+/// The bytes of the regular files under `path` (symbolic links not followed).
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return if meta.is_file() { meta.len() } else { 0 };
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| tree_bytes(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// A size as people read it: `3.2 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `path` as a relative path without `..` (`.` and empty components dropped); `None` when
@@ -432,6 +478,7 @@ mod tests {
             dockerfile: "Dockerfile".to_string(),
             dest: dest.to_path_buf(),
             credentials: None,
+            max_bytes: None,
         }
     }
 
@@ -469,6 +516,36 @@ mod tests {
             fetch_job(&inside).unwrap().result.dockerfile_size,
             "FROM scratch\n".len() as u64
         );
+    }
+
+    #[test]
+    fn a_context_over_the_limit_fails_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, commit) = repository(dir.path());
+        let dest = dir.path().join("cache/builds/uid/context");
+        let size = tree_bytes(&repo) - tree_bytes(&repo.join(".git"));
+        let mut job = job(&repo, &dest);
+        job.max_bytes = Some(size - 1);
+        expect_failure(
+            &job,
+            "SourceFetchFailed",
+            &[
+                &commit,
+                &format!("({size} bytes)"),
+                "over the limit of",
+                "--max-context-size",
+            ],
+        );
+        assert!(
+            !dest.exists(),
+            "the context over the limit was left on the volume"
+        );
+        // At the limit, it fetches.
+        job.max_bytes = Some(size);
+        fetch_job(&job).unwrap();
+        assert_eq!(tree_bytes(&dest), size);
+        assert_eq!(human_bytes(3 * 1024 * 1024 + 200 * 1024), "3.2 MiB");
+        assert_eq!(human_bytes(900), "900 bytes");
     }
 
     #[test]

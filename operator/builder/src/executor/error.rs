@@ -133,9 +133,42 @@ pub enum ExecutorError {
     },
 }
 
+/// Whether an error is, or was caused by, ENOSPC: through the `source` chain, or in the
+/// text where a layer below kept only the message (std prints it as "(os error 28)").
+pub fn no_space(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(28))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    error.to_string().contains("(os error 28)")
+}
+
 impl ExecutorError {
+    /// Whether the failed write was into the content store, which is on the cache volume.
+    fn writes_the_cache(&self) -> bool {
+        matches!(
+            self,
+            ExecutorError::Store(_)
+                | ExecutorError::Layer(LayerWriteError::Output(_) | LayerWriteError::Store(_))
+        )
+    }
+
     /// A stable reason for status, events and metrics.
     pub fn reason(&self) -> StageReason {
+        // A RUN that fills a disk fails on its own (RunFailed); the executor's own writes
+        // that do are NoSpace, whatever step they were in.
+        if !matches!(self, ExecutorError::RunFailed { .. }) && no_space(self) {
+            return if self.writes_the_cache() {
+                StageReason::CacheFull
+            } else {
+                StageReason::NoSpace
+            };
+        }
         match self {
             ExecutorError::RunFailed { .. } => StageReason::RunFailed,
             ExecutorError::State { .. } => StageReason::InvalidInstruction,
@@ -181,5 +214,36 @@ pub(super) fn io_err<'a>(
         action,
         path: path.to_owned(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_executors_own_enospc_is_no_space_and_a_runs_is_not() {
+        let full = ExecutorError::Io {
+            action: "write",
+            path: "/cache/blobs/sha256/x".into(),
+            source: io::Error::from_raw_os_error(28),
+        };
+        assert_eq!(full.reason(), StageReason::NoSpace);
+        let store = ExecutorError::Layer(LayerWriteError::Output(io::Error::from_raw_os_error(28)));
+        assert_eq!(store.reason(), StageReason::CacheFull);
+        let other = ExecutorError::Io {
+            action: "write",
+            path: "/cache/blobs/sha256/x".into(),
+            source: io::Error::from_raw_os_error(5),
+        };
+        assert_eq!(other.reason(), StageReason::IoFailed);
+        // The instruction's text is the user's: it never makes a RUN's failure NoSpace.
+        let run = ExecutorError::RunFailed {
+            line: 2,
+            instruction: "RUN echo '(os error 28)'; exit 1".into(),
+            exit_code: 1,
+            tail: Vec::new(),
+        };
+        assert_eq!(run.reason(), StageReason::RunFailed);
     }
 }

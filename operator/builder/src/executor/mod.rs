@@ -64,7 +64,7 @@ mod mounts;
 mod progress;
 mod run_step;
 
-pub use error::ExecutorError;
+pub use error::{ExecutorError, no_space};
 pub use keys::{CacheEntry, KeyStore};
 pub use progress::{Progress, ProgressEvent};
 
