@@ -78,6 +78,9 @@ pub struct Settings {
     pub cache_gc: gc::GcSettings,
     /// The most bytes a fetched git context may hold (`None`: no limit).
     pub max_context_bytes: Option<u64>,
+    /// How long the registry of an image the build starts from may stay unreachable before
+    /// the build fails with `ResolveFailed`.
+    pub unreachable_registry_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -96,6 +99,7 @@ impl Default for Settings {
             builder: pods::BuilderDefaults::default(),
             cache_gc: gc::GcSettings::default(),
             max_context_bytes: Some(4 << 30),
+            unreachable_registry_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -537,7 +541,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                         }
                         // An image that does not exist or is refused fails the build; a
                         // registry that does not answer may come back, so the build waits
-                        // (with backoff) for RESOLVE_GIVE_UP before it fails.
+                        // (with backoff) for `--unreachable-registry-timeout` before it fails.
                         Err(e @ Error::Resolve { permanent, .. }) => {
                             let now = k8s_openapi::jiff::Timestamp::now();
                             if permanent
@@ -545,7 +549,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                                     previous,
                                     generation,
                                     now,
-                                    RESOLVE_GIVE_UP,
+                                    ctx.settings.unreachable_registry_timeout,
                                 )
                             {
                                 let gave_up = if permanent {
@@ -553,7 +557,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                                 } else {
                                     format!(
                                         " (the registry did not answer for {} s)",
-                                        RESOLVE_GIVE_UP.as_secs()
+                                        ctx.settings.unreachable_registry_timeout.as_secs()
                                     )
                                 };
                                 (
@@ -640,9 +644,6 @@ fn registry_options(settings: &Settings) -> stagecoach_oci::registry::ClientOpti
 }
 
 /// The next wait of an object's backoff (2 s doubling to five minutes), counting this failure.
-/// How long the registry of an image the build starts from may stay unreachable before the
-/// build fails with `ResolveFailed`.
-const RESOLVE_GIVE_UP: Duration = Duration::from_secs(120);
 
 fn backoff(ctx: &Context, build: &ImageBuild) -> Duration {
     let attempts = match ctx.failures.lock() {

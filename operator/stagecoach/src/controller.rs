@@ -70,6 +70,10 @@ pub struct ControllerArgs {
     /// bytes, e.g. 4Gi); a larger one fails the build with SourceFetchFailed.
     #[arg(long, value_name = "QUANTITY", default_value = "4Gi", value_parser = parse_quantity)]
     max_context_size: u64,
+    /// How long a registry that a build's base or COPY --from image is on may not answer
+    /// before the build fails with ResolveFailed (it waits Pending meanwhile), e.g. 2m.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = stagecoach_api::parse_timeout)]
+    unreachable_registry_timeout: std::time::Duration,
 }
 
 fn parse_quantity(text: &str) -> Result<u64, String> {
@@ -121,6 +125,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
             user_namespaces: args.user_namespaces,
         },
         max_context_bytes: Some(args.max_context_size),
+        unreachable_registry_timeout: args.unreachable_registry_timeout,
         cache_gc: stagecoach_controller::gc::GcSettings {
             interval: args.cache_gc_interval.0,
             max_age: args.cache_max_age,
