@@ -73,6 +73,15 @@ pub struct SourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 40, max = 64), pattern(r"^[0-9a-f]+$"))]
     pub commit: Option<String>,
+
+    /// The sha256 of everything this generation's images are made from: the Dockerfile, the
+    /// inline or ConfigMap context, build args, targets, secret ids and the digests of the
+    /// images it starts from. A later build in the namespace with the same inputs whose
+    /// images are still in the registry succeeds without running a pod. Absent for git
+    /// sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(equal = 71), pattern(r"^sha256:[0-9a-f]{64}$"))]
+    pub inputs: Option<String>,
 }
 
 impl ImageBuildStatus {

@@ -302,6 +302,7 @@ fn full_status_round_trips_and_fits_the_schema() {
         }],
         source: Some(stagecoach_api::SourceStatus {
             commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            inputs: Some(format!("sha256:{}", "cd".repeat(32))),
         }),
     };
     assert_eq!(status.stages_summary.as_deref(), Some("2/3"));

@@ -12,6 +12,9 @@
 //! 6. then, while the cache is over [`Policy::max_bytes`], the least recently used of the
 //!    keys, mounts and unreferenced blobs.
 //!
+//! What cannot be removed (a directory a build left unwritable, say) stays and is counted
+//! in the report; the collection goes on with the rest.
+//!
 //! Nothing used at or after [`Policy::in_use_since`] (the start of the oldest running build)
 //! is ever removed, whichever limit it is over: a running build touched or wrote everything
 //! it uses after it started. A key whose blob went is a cache miss, never an error
@@ -63,6 +66,22 @@ pub struct Report {
     pub bytes: u64,
     /// Bytes that would have to go to meet the size limit but are in use (0 when it is met).
     pub over_limit_bytes: u64,
+    /// Files and directories that could not be removed (they stay; collection goes on).
+    #[serde(default)]
+    pub failed: usize,
+    /// The first few of those failures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// Records what could not be removed; the collection goes on with the rest.
+    fn failed(&mut self, error: GcError) {
+        self.failed += 1;
+        if self.errors.len() < 5 {
+            self.errors.push(error.to_string());
+        }
+    }
 }
 
 /// Why a collection stopped.
@@ -132,14 +151,22 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
         if !idle(modified(&entry.path())) {
             continue;
         }
-        report.freed_bytes += remove(&entry.path())?;
-        report.builds += 1;
+        match remove(&entry.path()) {
+            Ok(bytes) => {
+                report.freed_bytes += bytes;
+                report.builds += 1;
+            }
+            Err(e) => report.failed(e),
+        }
     }
 
     // 2. Scratch left by steps that ended.
     for entry in list(&layout.tmp())? {
         if idle(modified(&entry.path())) {
-            report.freed_bytes += remove(&entry.path())?;
+            match remove(&entry.path()) {
+                Ok(bytes) => report.freed_bytes += bytes,
+                Err(e) => report.failed(e),
+            }
         }
     }
 
@@ -154,7 +181,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                     return false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
-                Err(_) => {}
+                Err(e) => report.failed(io_err("remove", &k.path)(e)),
             }
         }
         true
@@ -164,11 +191,20 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
     let mut mounts = mount_items(&layout.mounts())?;
     let mut kept_mounts = Vec::new();
     for m in mounts.drain(..) {
-        if m.used < expiry && remove_mount(&m)? {
-            report.mounts += 1;
-            report.freed_bytes += m.bytes;
-        } else {
+        if m.used >= expiry {
             kept_mounts.push(m);
+            continue;
+        }
+        match remove_mount(&m) {
+            Ok(true) => {
+                report.mounts += 1;
+                report.freed_bytes += m.bytes;
+            }
+            Ok(false) => kept_mounts.push(m),
+            Err(e) => {
+                report.failed(e);
+                kept_mounts.push(m);
+            }
         }
     }
 
@@ -196,9 +232,13 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
         .collect();
     for hex in expired {
         if let Some(b) = blobs.remove(&hex) {
-            remove_file(&b.path)?;
-            report.blobs += 1;
-            report.freed_bytes += b.bytes;
+            match remove_file(&b.path) {
+                Ok(()) => {
+                    report.blobs += 1;
+                    report.freed_bytes += b.bytes;
+                }
+                Err(e) => report.failed(e),
+            }
         }
     }
 
@@ -236,10 +276,14 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                 // A blob a key names goes with its last key.
                 Kind::Blob(hex) if unreferenced(&hex, &referenced) => {
                     if let Some(b) = blobs.remove(&hex) {
-                        remove_file(&b.path)?;
-                        report.blobs += 1;
-                        report.freed_bytes += b.bytes;
-                        total = total.saturating_sub(b.bytes);
+                        match remove_file(&b.path) {
+                            Ok(()) => {
+                                report.blobs += 1;
+                                report.freed_bytes += b.bytes;
+                                total = total.saturating_sub(b.bytes);
+                            }
+                            Err(e) => report.failed(e),
+                        }
                     }
                 }
                 Kind::Blob(_) => {}
@@ -248,7 +292,10 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                     if !still_unused(&k.path, policy.in_use_since) {
                         continue;
                     }
-                    remove_file(&k.path)?;
+                    if let Err(e) = remove_file(&k.path) {
+                        report.failed(e);
+                        continue;
+                    }
                     report.keys += 1;
                     report.freed_bytes += k.bytes;
                     total = total.saturating_sub(k.bytes);
@@ -261,19 +308,27 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                             && !pinned.contains(hex)
                             && let Some(b) = blobs.remove(hex)
                         {
-                            remove_file(&b.path)?;
-                            report.blobs += 1;
-                            report.freed_bytes += b.bytes;
-                            total = total.saturating_sub(b.bytes);
+                            match remove_file(&b.path) {
+                                Ok(()) => {
+                                    report.blobs += 1;
+                                    report.freed_bytes += b.bytes;
+                                    total = total.saturating_sub(b.bytes);
+                                }
+                                Err(e) => report.failed(e),
+                            }
                         }
                     }
                 }
                 Kind::Mount(i) => {
                     let m = &kept_mounts[i];
-                    if remove_mount(m)? {
-                        report.mounts += 1;
-                        report.freed_bytes += m.bytes;
-                        total = total.saturating_sub(m.bytes);
+                    match remove_mount(m) {
+                        Ok(true) => {
+                            report.mounts += 1;
+                            report.freed_bytes += m.bytes;
+                            total = total.saturating_sub(m.bytes);
+                        }
+                        Ok(false) => {}
+                        Err(e) => report.failed(e),
                     }
                 }
             }

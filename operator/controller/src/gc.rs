@@ -230,6 +230,14 @@ fn log_report(namespace: &str, claim: &str, pod: &Pod) {
         .as_deref()
         .and_then(|m| serde_json::from_str::<stagecoach_builder::gc::Report>(m).ok());
     match (t.exit_code, report) {
+        (0, Some(r)) if r.failed > 0 => tracing::warn!(
+            namespace,
+            claim,
+            failed = r.failed,
+            errors = r.errors.join("; ").as_str(),
+            freed_bytes = r.freed_bytes,
+            "cache collection done, but some of it could not be removed"
+        ),
         (0, Some(r)) => tracing::info!(
             namespace,
             claim,

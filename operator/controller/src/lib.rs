@@ -18,6 +18,7 @@ pub mod gc;
 pub mod logs;
 pub mod metrics;
 pub mod pods;
+mod reuse;
 mod run;
 mod source;
 pub mod status;
@@ -515,6 +516,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                         source::FetchState::Fetched { commit, dockerfile } => {
                             source = Some(stagecoach_api::SourceStatus {
                                 commit: Some(commit.clone()),
+                                inputs: None,
                             });
                             validate::plan_dockerfile(&build.spec, &dockerfile)
                                 .map(|plan| (plan, dockerfile))
@@ -530,61 +532,99 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             match known {
                 Err((reason, message)) => (reason, message, Vec::new()),
                 Ok((plan, text)) => {
-                    match run::drive(&ctx, &registry, &build, &namespace, &text, &plan, &current)
+                    let decision = reuse::decide(
+                        &ctx.client,
+                        &registry,
+                        &build,
+                        &namespace,
+                        fetched.config_map_digest.as_deref(),
+                        &plan,
+                        &text,
+                        current.is_empty(),
+                    )
+                    .await;
+                    if let Some(inputs) = decision.inputs {
+                        source = Some(stagecoach_api::SourceStatus {
+                            commit: None,
+                            inputs: Some(inputs),
+                        });
+                    }
+                    if let Some(earlier) = decision.reuse {
+                        images = earlier.images;
+                        let stages = status::pending_stages(&plan)
+                            .into_iter()
+                            .map(|s| stagecoach_api::StageStatus {
+                                state: StageState::Cached,
+                                ..s
+                            })
+                            .collect();
+                        (
+                            Reason::Succeeded,
+                            format!(
+                                "the inputs are those of {} (generation {}), whose images are in the registry: no pod ran",
+                                earlier.build, earlier.generation
+                            ),
+                            stages,
+                        )
+                    } else {
+                        match run::drive(
+                            &ctx, &registry, &build, &namespace, &text, &plan, &current,
+                        )
                         .await
-                    {
-                        Ok(verdict) => {
-                            images = verdict.images;
-                            steps = verdict.steps;
-                            retry_after = verdict.requeue;
-                            (verdict.reason, verdict.message, verdict.stages)
-                        }
-                        // An image that does not exist or is refused fails the build; a
-                        // registry that does not answer may come back, so the build waits
-                        // (with backoff) for `--unreachable-registry-timeout` before it fails.
-                        Err(e @ Error::Resolve { permanent, .. }) => {
-                            let now = k8s_openapi::jiff::Timestamp::now();
-                            if permanent
-                                || status::pending_longer_than(
-                                    previous,
-                                    generation,
-                                    now,
-                                    ctx.settings.unreachable_registry_timeout,
-                                )
-                            {
-                                let gave_up = if permanent {
-                                    String::new()
-                                } else {
-                                    format!(
-                                        " (the registry did not answer for {} s)",
-                                        ctx.settings.unreachable_registry_timeout.as_secs()
-                                    )
-                                };
-                                (
-                                    Reason::ResolveFailed,
-                                    format!("{e}{gave_up}"),
-                                    status::stages_kept(
-                                        &plan,
-                                        previous,
-                                        generation,
-                                        StageState::Skipped,
-                                    ),
-                                )
-                            } else {
-                                retry_after = Some(backoff(&ctx, &build));
-                                (
-                                    Reason::Pending,
-                                    format!("{e}; retrying"),
-                                    status::stages_kept(
-                                        &plan,
-                                        previous,
-                                        generation,
-                                        StageState::Pending,
-                                    ),
-                                )
+                        {
+                            Ok(verdict) => {
+                                images = verdict.images;
+                                steps = verdict.steps;
+                                retry_after = verdict.requeue;
+                                (verdict.reason, verdict.message, verdict.stages)
                             }
+                            // An image that does not exist or is refused fails the build; a
+                            // registry that does not answer may come back, so the build waits
+                            // (with backoff) for `--unreachable-registry-timeout` before it fails.
+                            Err(e @ Error::Resolve { permanent, .. }) => {
+                                let now = k8s_openapi::jiff::Timestamp::now();
+                                if permanent
+                                    || status::pending_longer_than(
+                                        previous,
+                                        generation,
+                                        now,
+                                        ctx.settings.unreachable_registry_timeout,
+                                    )
+                                {
+                                    let gave_up = if permanent {
+                                        String::new()
+                                    } else {
+                                        format!(
+                                            " (the registry did not answer for {} s)",
+                                            ctx.settings.unreachable_registry_timeout.as_secs()
+                                        )
+                                    };
+                                    (
+                                        Reason::ResolveFailed,
+                                        format!("{e}{gave_up}"),
+                                        status::stages_kept(
+                                            &plan,
+                                            previous,
+                                            generation,
+                                            StageState::Skipped,
+                                        ),
+                                    )
+                                } else {
+                                    retry_after = Some(backoff(&ctx, &build));
+                                    (
+                                        Reason::Pending,
+                                        format!("{e}; retrying"),
+                                        status::stages_kept(
+                                            &plan,
+                                            previous,
+                                            generation,
+                                            StageState::Pending,
+                                        ),
+                                    )
+                                }
+                            }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => return Err(e),
                     }
                 }
             }
@@ -644,7 +684,6 @@ fn registry_options(settings: &Settings) -> stagecoach_oci::registry::ClientOpti
 }
 
 /// The next wait of an object's backoff (2 s doubling to five minutes), counting this failure.
-
 fn backoff(ctx: &Context, build: &ImageBuild) -> Duration {
     let attempts = match ctx.failures.lock() {
         Ok(mut failures) => {
@@ -760,11 +799,12 @@ async fn fetch(
     };
     if let Ok(SourceKind::ConfigMap(source)) = spec.source.kind() {
         let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        fetched.config_map = maps
+        let map = maps
             .get_opt(&source.name)
             .await
-            .map_err(fetch_err(format!("ConfigMap {}", source.name)))?
-            .map(|cm| cm.data.unwrap_or_default());
+            .map_err(fetch_err(format!("ConfigMap {}", source.name)))?;
+        fetched.config_map_digest = map.as_ref().map(reuse::config_map_digest);
+        fetched.config_map = map.map(|cm| cm.data.unwrap_or_default());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let git_secret = match spec.source.kind() {

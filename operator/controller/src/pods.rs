@@ -673,6 +673,10 @@ struct ToolPod<'a> {
     args: Vec<String>,
     /// Extra `(volume, mount)` pairs: a job ConfigMap, credentials.
     extra: Vec<(Value, Value)>,
+    /// Whether it removes what builds left on the cache volume (cleanup, collection): then
+    /// it keeps DAC_OVERRIDE and FOWNER, without which uid 0 cannot remove a directory a
+    /// build's user owns (a home directory in an export, a cache mount with `uid=`).
+    removes: bool,
 }
 
 fn tool_pod(input: ToolPod<'_>) -> Pod {
@@ -685,6 +689,11 @@ fn tool_pod(input: ToolPod<'_>) -> Pod {
     }
     let mut command = vec!["/stagecoach".to_string()];
     command.extend(input.args);
+    let capabilities = if input.removes {
+        json!({"drop": ["ALL"], "add": ["DAC_OVERRIDE", "FOWNER"]})
+    } else {
+        json!({"drop": ["ALL"]})
+    };
     let pod_spec = json!({
         "restartPolicy": "Never",
         "automountServiceAccountToken": false,
@@ -695,7 +704,7 @@ fn tool_pod(input: ToolPod<'_>) -> Pod {
             "image": input.operator_image,
             "command": command,
             "securityContext": {"runAsUser": 0, "runAsGroup": 0, "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                "readOnlyRootFilesystem": true, "capabilities": capabilities},
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "volumeMounts": mounts,
         }],
@@ -768,6 +777,7 @@ pub fn push_pod(
             format!("{SPEC_DIR}/job.json"),
         ],
         extra,
+        removes: false,
     });
     (job_map, pod)
 }
@@ -808,6 +818,7 @@ pub fn fetch_pod(
             format!("{SPEC_DIR}/job.json"),
         ],
         extra,
+        removes: false,
     });
     (job_map, pod)
 }
@@ -835,6 +846,7 @@ pub fn cleanup_pod(owner: &Owner, operator_image: &str, cache_claim: &str) -> Po
             owner.uid.clone(),
         ],
         extra: vec![],
+        removes: true,
     })
 }
 
@@ -905,6 +917,7 @@ pub fn cache_gc_pod(claim: &str, operator_image: &str, run: &GcRun, now_seconds:
         cache_claim: claim,
         args,
         extra: vec![],
+        removes: true,
     })
 }
 
@@ -935,6 +948,7 @@ mod tests {
             options: JobOptions::default(),
             export: None,
             result: None,
+            cache_mounts: Vec::new(),
         }
     }
 

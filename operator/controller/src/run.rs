@@ -1308,6 +1308,14 @@ async fn stage_job(
         },
         export: exported.then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i))),
         result: Some(layout.build_stage(&owner.uid, i).join("result.json")),
+        cache_mounts: mounts
+            .iter()
+            .flat_map(|step| &step.mounts)
+            .filter_map(|m| match m {
+                stagecoach_builder::run_mounts::MountNeed::Cache { id, .. } => Some(id.clone()),
+                _ => None,
+            })
+            .collect(),
     };
     Ok((job, pod_image, mounts))
 }

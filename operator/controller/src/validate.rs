@@ -25,6 +25,8 @@ pub struct Fetched {
     pub claim_exists: bool,
     /// Why the push secret's `.dockerconfigjson` does not read as registry logins.
     pub push_secret_error: Option<String>,
+    /// The digest of the ConfigMap source's files (`data` and `binaryData`).
+    pub config_map_digest: Option<String>,
 }
 
 /// A spec that cannot be built as it is; final until the spec changes.

@@ -133,6 +133,15 @@ impl ContentStore {
         }
     }
 
+    /// Marks a blob as used now (its mtime), when it is stored again: garbage collection
+    /// of a shared cache removes unreferenced blobs by age, and a blob a build just asked for
+    /// is not old. Best effort: a store that cannot be touched still works.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(f) = fs::File::open(self.blob_path(digest)) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// The blob's size.
     pub fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
         let path = self.blob_path(digest);
@@ -205,6 +214,7 @@ impl ContentStore {
         if let Some(d) = expected
             && self.exists(d)?
         {
+            self.touch(d);
             return Ok(BlobInfo {
                 digest: d.clone(),
                 size: self.size(d)?,
@@ -246,6 +256,7 @@ impl ContentStore {
     /// otherwise.
     pub fn copy_blob_to(&self, digest: &Digest, other: &ContentStore) -> Result<(), StoreError> {
         if other.exists(digest)? {
+            other.touch(digest);
             return Ok(());
         }
         let src = self.blob_path(digest);
@@ -324,6 +335,7 @@ impl BlobWriter {
         let dst = store.blob_path(&digest);
         if store.exists(&digest)? {
             // Someone stored it first; ours is dropped (and deleted) unused.
+            store.touch(&digest);
             return Ok(info);
         }
         file.set_permissions(fs::Permissions::from_mode(BLOB_MODE))

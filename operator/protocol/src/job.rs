@@ -72,6 +72,11 @@ pub struct StageJob {
     /// gets the 4 KiB version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<PathBuf>,
+    /// The ids of every `RUN --mount=type=cache` of the stage: a pod mounts them all from
+    /// its start, so each is marked used then, cached steps' included (garbage collection
+    /// removes cache mounts unused since the oldest running build started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_mounts: Vec<String>,
 }
 
 /// What a stage starts from.

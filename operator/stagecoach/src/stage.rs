@@ -82,6 +82,11 @@ fn read_job(path: &Path) -> Result<StageJob, String> {
 }
 
 fn run_one(job: &StageJob) -> StageResult {
+    // Used from now on, for garbage collection, whether or not a RUN reaches them.
+    let layout = stagecoach_protocol::CacheLayout::new(&job.cache);
+    for id in &job.cache_mounts {
+        stagecoach_builder::gc::touch(&layout.mount(id));
+    }
     if let Err(message) = pull_images(job) {
         let reason = StageReason::PullFailed;
         let code = reason.exit_code().map_or(3, |c| c.code());

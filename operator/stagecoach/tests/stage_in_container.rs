@@ -68,6 +68,7 @@ fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
         },
         export: None,
         result: None,
+        cache_mounts: Vec::new(),
     }
 }
 

@@ -442,6 +442,7 @@ impl LocalBuild<'_> {
             },
             export: None,
             result: None,
+            cache_mounts: Vec::new(),
         };
         let log = self.log;
         let mut first_step = true;
