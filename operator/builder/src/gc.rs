@@ -231,15 +231,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
         .map(|(hex, _)| hex.clone())
         .collect();
     for hex in expired {
-        if let Some(b) = blobs.remove(&hex) {
-            match remove_file(&b.path) {
-                Ok(()) => {
-                    report.blobs += 1;
-                    report.freed_bytes += b.bytes;
-                }
-                Err(e) => report.failed(e),
-            }
-        }
+        remove_blob(&mut blobs, &hex, &mut report);
     }
 
     // 6. The size limit: least recently used first, never what is in use.
@@ -275,16 +267,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
             match kind {
                 // A blob a key names goes with its last key.
                 Kind::Blob(hex) if unreferenced(&hex, &referenced) => {
-                    if let Some(b) = blobs.remove(&hex) {
-                        match remove_file(&b.path) {
-                            Ok(()) => {
-                                report.blobs += 1;
-                                report.freed_bytes += b.bytes;
-                                total = total.saturating_sub(b.bytes);
-                            }
-                            Err(e) => report.failed(e),
-                        }
-                    }
+                    total = total.saturating_sub(remove_blob(&mut blobs, &hex, &mut report));
                 }
                 Kind::Blob(_) => {}
                 Kind::Key(i) => {
@@ -304,18 +287,8 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                             *n = n.saturating_sub(1);
                             *n
                         });
-                        if left == 0
-                            && !pinned.contains(hex)
-                            && let Some(b) = blobs.remove(hex)
-                        {
-                            match remove_file(&b.path) {
-                                Ok(()) => {
-                                    report.blobs += 1;
-                                    report.freed_bytes += b.bytes;
-                                    total = total.saturating_sub(b.bytes);
-                                }
-                                Err(e) => report.failed(e),
-                            }
+                        if left == 0 && !pinned.contains(hex) {
+                            total = total.saturating_sub(remove_blob(&mut blobs, hex, &mut report));
                         }
                     }
                 }
@@ -337,6 +310,24 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
     }
     report.bytes = total;
     Ok(report)
+}
+
+/// Removes a blob that is no longer wanted and counts it; the bytes freed.
+fn remove_blob(blobs: &mut BTreeMap<String, Item>, hex: &str, report: &mut Report) -> u64 {
+    let Some(b) = blobs.remove(hex) else {
+        return 0;
+    };
+    match remove_file(&b.path) {
+        Ok(()) => {
+            report.blobs += 1;
+            report.freed_bytes += b.bytes;
+            b.bytes
+        }
+        Err(e) => {
+            report.failed(e);
+            0
+        }
+    }
 }
 
 /// Marks a key or a cache-mount directory as used now (its mtime), for collection's

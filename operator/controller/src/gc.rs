@@ -215,14 +215,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
 }
 
 fn log_report(namespace: &str, claim: &str, pod: &Pod) {
-    let terminated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
-    let Some(t) = terminated else {
+    let Some(t) = run::first_terminated(pod) else {
         return;
     };
     let report = t

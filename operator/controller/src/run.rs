@@ -720,15 +720,20 @@ enum PushProgress {
     Failed(String),
 }
 
-fn push_progress(pod: &Pod) -> PushProgress {
-    let terminated = pod
-        .status
+/// How a one-container pod's container ended, once it has.
+pub(crate) fn first_terminated(
+    pod: &Pod,
+) -> Option<&k8s_openapi::api::core::v1::ContainerStateTerminated> {
+    pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .and_then(|c| c.first())
         .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.clone());
-    match terminated {
+        .and_then(|s| s.terminated.as_ref())
+}
+
+fn push_progress(pod: &Pod) -> PushProgress {
+    match first_terminated(pod).cloned() {
         Some(t) if t.exit_code == 0 => match t
             .message
             .as_deref()
