@@ -7,7 +7,8 @@
 //! secret: a Secret volume with only the declared ids, bind: a read-only subPath of the
 //! context or of the producing stage's export, tmpfs: an in-memory emptyDir). The pod is
 //! Pod Security Standard baseline: not privileged, no added capabilities, seccomp
-//! RuntimeDefault, no service-account token.
+//! RuntimeDefault, no service-account token. The operator's own pods (fetch, push, cleanup,
+//! cache collection) run no user code; see `tool_pod` for their capabilities.
 
 use std::collections::BTreeMap;
 
@@ -663,7 +664,8 @@ fn clean_sub_path(source: &str) -> String {
 
 /// A pod in the operator image that works on the cache volume and runs no user code: a
 /// push, a source fetch, a cleanup. Its one container is uid 0 (the stage pods wrote the
-/// cache's files as root) without any capability, on a read-only root filesystem.
+/// cache's files as root) without any capability (but DAC_OVERRIDE and FOWNER for the pods
+/// that remove what builds wrote), on a read-only root filesystem.
 struct ToolPod<'a> {
     name: &'a str,
     container: &'a str,

@@ -225,3 +225,19 @@ fn copy_between_stores_links_or_copies() {
     a.copy_blob_to(&info.digest, &b).unwrap();
     b.verify(&info.digest).unwrap();
 }
+
+#[test]
+fn a_blob_stored_again_is_marked_used_now() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(tmp.path()).unwrap();
+    let bytes = blob(1000, 7);
+    let info = store.put_bytes(&bytes).unwrap();
+    let path = store.blob_path(&info.digest);
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    fs::File::open(&path).unwrap().set_modified(old).unwrap();
+    let modified = || fs::metadata(&path).unwrap().modified().unwrap();
+    assert!(modified() <= old + std::time::Duration::from_secs(1));
+    // Stored again (as a stage that made the same config would): collection sees it as new.
+    store.put_bytes(&bytes).unwrap();
+    assert!(modified() > old + std::time::Duration::from_secs(3600));
+}

@@ -78,7 +78,7 @@ pub struct ControllerArgs {
 
 fn parse_quantity(text: &str) -> Result<u64, String> {
     stagecoach_controller::gc::parse_bytes(text).ok_or_else(|| {
-        "a whole number of bytes with an optional suffix (Ki, Mi, Gi, Ti, k, M, G, T)".to_string()
+        "a whole number of bytes with an optional suffix (Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E)".to_string()
     })
 }
 

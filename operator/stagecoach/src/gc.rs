@@ -42,7 +42,7 @@ pub fn run(args: &GcArgs) -> Result<(), stagecoach_builder::gc::GcError> {
     let started = std::time::Instant::now();
     let report = stagecoach_builder::gc::collect(&args.cache, &policy)?;
     tracing::info!(
-        "[gc] removed {} builds, {} keys, {} blobs, {} mounts ({} bytes) in {:.1}s; {} bytes left{}",
+        "[gc] removed {} builds, {} keys, {} blobs, {} mounts ({} bytes) in {:.1}s; {} bytes left{}{}",
         report.builds,
         report.keys,
         report.blobs,
@@ -54,6 +54,15 @@ pub fn run(args: &GcArgs) -> Result<(), stagecoach_builder::gc::GcError> {
             format!(
                 ", {} over the limit but in use by running builds",
                 report.over_limit_bytes
+            )
+        } else {
+            String::new()
+        },
+        if report.failed > 0 {
+            format!(
+                "; {} could not be removed: {}",
+                report.failed,
+                report.errors.join("; ")
             )
         } else {
             String::new()

@@ -484,6 +484,8 @@ impl RegistryClient {
             source,
         };
         if store.exists(&desc.digest).map_err(store_err)? {
+            // Asked for again: used now, for a shared cache's collection.
+            store.touch(&desc.digest);
             bump(&self.counters.blobs_already_local);
             let size = store.size(&desc.digest).map_err(store_err)?;
             return Ok(BlobInfo {
@@ -775,6 +777,7 @@ impl RegistryClient {
         let config_desc = &manifest.manifest.config;
         let config = if store.exists(&config_desc.digest).map_err(store_err)? {
             // Stored blobs were verified on the way in; no need to fetch it again.
+            store.touch(&config_desc.digest);
             bump(&self.counters.blobs_already_local);
             let bytes = store
                 .read_to_vec(&config_desc.digest, MAX_CONFIG_BYTES)
