@@ -351,6 +351,9 @@ pub struct StagePod<'a> {
     pub defaults: &'a BuilderDefaults,
     /// `hostUsers`, as [`UserNamespaces::host_users`] decided it for the cluster's nodes.
     pub host_users: Option<bool>,
+    /// Whether every node can mount the cache claim (ReadWriteMany): then the build's stage
+    /// pods prefer different nodes, so that a wave's stages run side by side.
+    pub spread: bool,
 }
 
 /// Declared build secrets by the Secret that holds them.
@@ -612,6 +615,20 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     });
     if !input.spec.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(input.spec.node_selector);
+    }
+    // A preference, never a requirement: one node (or a busy cluster) still runs the build.
+    // Only where every node can mount the cache claim: a ReadWriteOnce volume attached to
+    // one node would leave a pod sent elsewhere waiting for it.
+    if input.spread {
+        pod_spec["topologySpreadConstraints"] = json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {
+                "matchLabels": {LABEL_BUILD: input.owner.name, LABEL_GENERATION: input.owner.generation.to_string()},
+                "matchExpressions": [{"key": LABEL_STAGE, "operator": "Exists"}],
+            },
+        }]);
     }
     if !input.spec.tolerations.is_empty() {
         pod_spec["tolerations"] =
@@ -1019,6 +1036,7 @@ mod tests {
             deadline_seconds: Some(600),
             defaults: &BuilderDefaults::default(),
             host_users: None,
+            spread: false,
         };
         let (map, pod) = stage_pod(&input).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s1"));
@@ -1114,6 +1132,7 @@ mod tests {
                 deadline_seconds: None,
                 defaults,
                 host_users,
+                spread: false,
             })
             .unwrap();
             serde_json::to_value(pod.spec.unwrap()).unwrap()
@@ -1140,6 +1159,63 @@ mod tests {
         assert!(pod.get("hostUsers").is_none(), "{pod}");
         assert!(pod["containers"][0].get("resources").is_none(), "{pod}");
         assert!(BuilderDefaults::parse_resources(r#"{"requests": 3}"#).is_err());
+    }
+
+    #[test]
+    fn stage_pods_prefer_other_nodes_only_where_every_node_can_mount_the_cache() {
+        let mounts = plan("FROM busybox\nRUN true\n");
+        let (owner, job, spec) = (owner(), job(), spec());
+        let exports = BTreeMap::new();
+        let defaults = BuilderDefaults::default();
+        let pod_for = |spread| {
+            let (_, pod) = stage_pod(&StagePod {
+                owner: &owner,
+                spec: &spec,
+                index: 2,
+                label: "2",
+                image: "i",
+                operator_image: "o",
+                cache_claim: "c",
+                job: &job,
+                mounts: &mounts,
+                context: None,
+                stage_exports: &exports,
+                attempt: 0,
+                deadline_seconds: None,
+                defaults: &defaults,
+                host_users: None,
+                spread,
+            })
+            .unwrap();
+            let labels = pod.metadata.labels.clone().unwrap();
+            (serde_json::to_value(pod.spec.unwrap()).unwrap(), labels)
+        };
+        let (spread, labels) = pod_for(true);
+        let constraint = &spread["topologySpreadConstraints"][0];
+        assert_eq!(
+            constraint["whenUnsatisfiable"], "ScheduleAnyway",
+            "a preference"
+        );
+        assert_eq!(constraint["topologyKey"], "kubernetes.io/hostname");
+        // It selects this pod's own labels: the build's stage pods of this generation.
+        let selector = constraint["labelSelector"]["matchLabels"]
+            .as_object()
+            .unwrap();
+        assert_eq!(selector.len(), 2);
+        for (key, value) in selector {
+            assert_eq!(
+                Some(value.as_str().unwrap()),
+                labels.get(key).map(String::as_str),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            constraint["labelSelector"]["matchExpressions"][0]["key"],
+            LABEL_STAGE
+        );
+        assert!(labels.contains_key(LABEL_STAGE));
+        let (single, _) = pod_for(false);
+        assert!(single.get("topologySpreadConstraints").is_none());
     }
 
     fn node(handlers: serde_json::Value, unschedulable: bool) -> Node {
@@ -1222,6 +1298,7 @@ mod tests {
             deadline_seconds: None,
             defaults: &BuilderDefaults::default(),
             host_users: None,
+            spread: false,
         })
         .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
@@ -1346,6 +1423,7 @@ mod tests {
             deadline_seconds: None,
             defaults: &BuilderDefaults::default(),
             host_users: None,
+            spread: false,
         })
         .unwrap_err();
         assert_eq!(

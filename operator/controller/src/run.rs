@@ -431,6 +431,8 @@ pub(crate) async fn drive(
                 deadline_seconds: left.map(|l| i64::try_from(l.as_secs()).unwrap_or(i64::MAX)),
                 defaults: &ctx.settings.builder,
                 host_users,
+                spread: build.spec.cache.is_none()
+                    && ctx.settings.cache_access_mode == "ReadWriteMany",
             });
             let (map, pod) = match made {
                 Ok(made) => made,
