@@ -16,7 +16,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, PostParams};
-use stagecoach_api::{ConditionStatus, ImageBuild};
+use stagecoach_api::ImageBuild;
 
 use crate::pods::{self, GcRun};
 use crate::{Context, run};
@@ -88,11 +88,10 @@ async fn collect_all(ctx: &Context, namespace: Option<&str>) -> Result<(), kube:
 /// Whether a build has its final verdict for its current spec.
 fn finished(build: &ImageBuild) -> bool {
     build.metadata.deletion_timestamp.is_none()
-        && build.status.as_ref().is_some_and(|s| {
-            s.observed_generation == build.metadata.generation
-                && s.succeeded()
-                    .is_some_and(|c| c.status != ConditionStatus::Unknown.as_str())
-        })
+        && crate::status::has_final_verdict(
+            build.status.as_ref(),
+            build.metadata.generation.unwrap_or(0),
+        )
 }
 
 /// What one collection of a claim keeps, from its builds at `now`.

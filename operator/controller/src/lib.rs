@@ -467,13 +467,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
     }
     let generation = build.metadata.generation.unwrap_or(0);
     let previous = build.status.as_ref();
-    // A verdict for this generation is final: nothing changes until the spec does.
-    if let Some(status) = previous
-        && status.observed_generation == Some(generation)
-        && status
-            .succeeded()
-            .is_some_and(|c| c.status != stagecoach_api::ConditionStatus::Unknown.as_str())
-    {
+    if status::has_final_verdict(previous, generation) {
         return run::expire_pods(&ctx, &build, &namespace).await;
     }
     let (fetched, credentials) = fetch(&ctx.client, &build, &namespace).await?;

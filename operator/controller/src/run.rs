@@ -1351,23 +1351,14 @@ mod tests {
         let at = |s: i64| created.checked_add(SignedDuration::from_secs(s)).unwrap();
         let pod = pulling("ImagePullBackOff", created);
         assert!(matches!(pod_progress(&pod, at(60)), Progress::Running));
-        match pod_progress(&pod, at(121)) {
-            Progress::Failed {
-                message,
-                kind,
-                code,
-                ..
-            } => {
-                assert_eq!(kind, FailKind::Build, "not retried");
-                assert_eq!(condition_for_exit(code, None), Reason::PodFailed);
-                assert!(
-                    message.contains("registry.example/team/base@sha256:abc")
-                        && message.contains("401 Unauthorized"),
-                    "{message}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let (message, kind, reason, _) = failure(pod_progress(&pod, at(121)));
+        assert_eq!(kind, FailKind::Build, "not retried");
+        assert_eq!(reason, Reason::PodFailed);
+        assert!(
+            message.contains("registry.example/team/base@sha256:abc")
+                && message.contains("401 Unauthorized"),
+            "{message}"
+        );
         // A pod that waited 10 minutes for a node counts from when it got one.
         let mut late: serde_json::Value = serde_json::to_value(&pod).unwrap();
         late["status"]["conditions"] = serde_json::json!([{
@@ -1407,23 +1398,26 @@ mod tests {
             }]}
         }))
         .unwrap();
-        match pod_progress(&pod, Timestamp::now()) {
+        let (message, kind, reason, _) = failure(pod_progress(&pod, Timestamp::now()));
+        assert_eq!(kind, FailKind::Build, "not retried");
+        assert_eq!(reason, Reason::PodFailed);
+        assert!(
+            message.starts_with("the cache volume is full (claim small-cache;"),
+            "{message}"
+        );
+    }
+
+    /// A failure's message, kind, condition reason and result; anything else fails the test.
+    fn failure(progress: Progress) -> (String, FailKind, Reason, Option<Box<StageResult>>) {
+        match progress {
             Progress::Failed {
                 message,
                 kind,
                 code,
                 result,
-                ..
             } => {
-                assert_eq!(kind, FailKind::Build, "not retried");
-                assert_eq!(
-                    condition_for_exit(code, result.and_then(|r| r.reason)),
-                    Reason::PodFailed
-                );
-                assert!(
-                    message.starts_with("the cache volume is full (claim small-cache;"),
-                    "{message}"
-                );
+                let reason = condition_for_exit(code, result.as_ref().and_then(|r| r.reason));
+                (message, kind, reason, result)
             }
             other => panic!("{other:?}"),
         }
@@ -1460,7 +1454,7 @@ mod tests {
             pod_progress(&ended(0, &json(&success)), Timestamp::now()),
             Progress::Succeeded(_)
         ));
-        let failure = StageResult::failed_early(
+        let run_failed = StageResult::failed_early(
             stagecoach_protocol::StageReason::RunFailed,
             1,
             "RUN failed".into(),
@@ -1478,7 +1472,7 @@ mod tests {
             ),
             (
                 0,
-                json(&failure),
+                json(&run_failed),
                 "it says exit code 1, the container ended with 0",
             ),
             (0, json(&no_config), "a success without an image config"),
@@ -1500,29 +1494,22 @@ mod tests {
             ),
         ];
         for (code, message, why) in forged {
-            match pod_progress(&ended(code, &message), Timestamp::now()) {
-                Progress::Failed {
-                    message,
-                    kind,
-                    code,
-                    result,
-                } => {
-                    assert_eq!(kind, FailKind::Build, "not retried");
-                    assert!(result.is_none());
-                    assert_eq!(condition_for_exit(code, None), Reason::StageFailed);
-                    assert!(
-                        message.contains(why) && message.contains("/dev/termination-log"),
-                        "{message}"
-                    );
-                }
-                other => panic!("{why}: {other:?}"),
-            }
+            let (message, kind, reason, result) =
+                failure(pod_progress(&ended(code, &message), Timestamp::now()));
+            assert_eq!(kind, FailKind::Build, "not retried");
+            assert!(result.is_none());
+            assert_eq!(reason, Reason::StageFailed);
+            assert!(
+                message.contains(why) && message.contains("/dev/termination-log"),
+                "{why}: {message}"
+            );
         }
         // A genuine failure still reads as one, with its reason.
-        match pod_progress(&ended(1, &json(&failure)), Timestamp::now()) {
-            Progress::Failed { result, .. } => assert!(result.is_some()),
-            other => panic!("{other:?}"),
-        }
+        let (_, _, _, result) = failure(pod_progress(
+            &ended(1, &json(&run_failed)),
+            Timestamp::now(),
+        ));
+        assert!(result.is_some());
     }
 
     #[test]

@@ -12,6 +12,16 @@ use stagecoach_api::{
 };
 use stagecoach_dockerfile::planner::Plan;
 
+/// Whether `status` holds the final verdict (Succeeded True or False) of `generation`:
+/// nothing changes until the spec does.
+pub fn has_final_verdict(status: Option<&ImageBuildStatus>, generation: i64) -> bool {
+    status.is_some_and(|s| {
+        s.observed_generation == Some(generation)
+            && s.succeeded()
+                .is_some_and(|c| c.status != stagecoach_api::ConditionStatus::Unknown.as_str())
+    })
+}
+
 /// One `Pending` entry per stage the plan needs, in Dockerfile order, named as the API
 /// says (the lower-case name, else the index).
 pub fn pending_stages(plan: &Plan) -> Vec<StageStatus> {
