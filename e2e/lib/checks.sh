@@ -136,9 +136,10 @@ installed_flag() { # name default
 max_parallel_pods() { installed_flag max-parallel-pods 8; }
 
 # What a script that reinstalls the operator keeps of the installed one: the pod cap, the
-# context limit, the collection interval and the registry timeout, as the environment of `e2e/cluster install`
-# (the chart values given are added after them, so they win).
+# context limit, the collection interval, the registry timeout and the cache claims' access
+# mode, as the environment of `e2e/cluster install` (the chart values given are added after
+# them, so they win).
 reinstall_env() { # [more chart values]
   echo "STAGECOACH_MAX_PARALLEL_PODS=$(max_parallel_pods)"
-  echo "STAGECOACH_HELM_SET=builds.maxContextSize=$(installed_flag max-context-size 4Gi) builds.cache.gc.interval=$(installed_flag cache-gc-interval 1h) builds.unreachableRegistryTimeout=$(installed_flag unreachable-registry-timeout 2m)${1:+ $1}"
+  echo "STAGECOACH_HELM_SET=builds.maxContextSize=$(installed_flag max-context-size 4Gi) builds.cache.gc.interval=$(installed_flag cache-gc-interval 1h) builds.unreachableRegistryTimeout=$(installed_flag unreachable-registry-timeout 2m) builds.cache.accessMode=$(installed_flag cache-access-mode ReadWriteOnce)${1:+ $1}"
 }
