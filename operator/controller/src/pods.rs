@@ -968,6 +968,7 @@ mod tests {
             export: None,
             result: None,
             cache_mounts: Vec::new(),
+            wait_for: Vec::new(),
         }
     }
 

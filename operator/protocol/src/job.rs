@@ -77,6 +77,23 @@ pub struct StageJob {
     /// removes cache mounts unused since the oldest running build started).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache_mounts: Vec<String>,
+    /// Earlier stages whose results this stage waits for before its first instruction: the
+    /// controller starts a stage's pod while the stages it copies from still run, so that the
+    /// pod's start is off the critical path. Each result file must hold a success; a failure
+    /// there is not final (the stage may be tried again), so the pod waits on until the
+    /// controller ends the build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wait_for: Vec<WaitFor>,
+}
+
+/// An earlier stage's result a stage waits for ([`StageJob::wait_for`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitFor {
+    /// Its label, for the progress line.
+    pub label: String,
+    /// Its result file (the producing job's `result`), on the cache volume.
+    pub result: PathBuf,
 }
 
 /// What a stage starts from.

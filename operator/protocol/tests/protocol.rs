@@ -319,6 +319,7 @@ fn jobs_round_trip_and_refuse_other_versions() {
         export: None,
         result: None,
         cache_mounts: Vec::new(),
+        wait_for: Vec::new(),
     };
     let bytes = serde_json::to_vec(&job).unwrap();
     assert_eq!(StageJob::from_json(&bytes).unwrap(), job);

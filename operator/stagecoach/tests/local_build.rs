@@ -689,6 +689,7 @@ fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
                 .join("result.json"),
         ),
         cache_mounts: Vec::new(),
+        wait_for: Vec::new(),
     };
     let pods = tempfile::tempdir().unwrap();
     let run = |name: &str, job: &StageJob, mounts: &[(&str, &str)]| -> StageResult {

@@ -69,6 +69,7 @@ fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
         export: None,
         result: None,
         cache_mounts: Vec::new(),
+        wait_for: Vec::new(),
     }
 }
 

@@ -168,11 +168,41 @@ impl StageOutcome {
 pub type StackError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Takes a cache hit's layer into the root without extracting it (an overlay stack on one
-/// machine). Asked only while every step so far was a hit, so the root is exactly the base
-/// plus the hit layers; `Ok(false)` means "extract it as usual".
+/// machine). Asked only while every step so far was a hit or a promoted miss, so the root is
+/// exactly the base plus those layers; `Ok(false)` means "extract it as usual".
 pub trait HitStacker: Send + Sync {
     /// Makes `layer` the root's top layer.
     fn stack(&self, layer: &LayerRecord) -> Result<bool, StackError>;
+
+    /// Whether the root is exactly the stacked chain right now (nothing written over it).
+    /// Asked before a missed step runs: only then does what the step writes over the chain
+    /// hold that step's changes alone, and [`HitStacker::promote`] may be asked after it.
+    fn exact(&self) -> bool {
+        false
+    }
+
+    /// After a missed step that ran over an exact chain wrote its layer: keeps what the step
+    /// wrote as that layer's own chain directory, so the root stays exactly a chain and the
+    /// next build's hit on `step.layer` finds it made. `Ok(false)`: the root is left as it
+    /// was (what the step wrote stays over the chain).
+    fn promote(&self, step: &MissedStep<'_>) -> Result<bool, StackError> {
+        let _ = step;
+        Ok(false)
+    }
+}
+
+/// A missed step's layer and how it was made, for [`HitStacker::promote`]: the promoted
+/// directory must show exactly what unpacking the layer would.
+#[derive(Debug, Clone, Copy)]
+pub struct MissedStep<'s> {
+    /// The layer written.
+    pub layer: &'s LayerRecord,
+    /// The changes it was written from (paths relative to the root).
+    pub changes: &'s [stagecoach_oci::Change],
+    /// What the snapshots left out (never in the layer).
+    pub snapshot: &'s SnapshotOptions,
+    /// SOURCE_DATE_EPOCH: the layer's mtimes are clamped to it.
+    pub source_date_epoch: u64,
 }
 
 /// Runs stages over one root directory.
@@ -224,7 +254,8 @@ struct Step<'s> {
 struct Cursor {
     state: ImageState,
     parent_key: String,
-    /// Every file step so far was a cache hit (the root is the base plus hit layers).
+    /// Every file step so far was a cache hit or a miss promoted to a chain layer (the root
+    /// is the base plus those layers, unless a stacker refused one and it was extracted).
     only_hits: bool,
     /// The walk of the root as it is now; `None` after something changed it without a walk.
     baseline: Option<Snapshot>,
@@ -607,6 +638,12 @@ impl<'a> StageExecutor<'a> {
                 cached: true,
             });
         }
+        // Asked before the step writes anything: afterwards what it wrote cannot be told from
+        // what was there.
+        let promoter = match self.stacker {
+            Some(stacker) if ctx.cursor.only_hits && stacker.exact() => Some(stacker),
+            _ => None,
+        };
         ctx.cursor.only_hits = false;
         let mut options = SnapshotOptions::for_root(&self.rootfs, &self.options.own_dirs)?;
         for e in excluded {
@@ -649,6 +686,25 @@ impl<'a> StageExecutor<'a> {
             history: history.clone(),
         };
         self.keys.put(&key, &entry)?;
+        if let (Some(stacker), Some(l)) = (promoter, &layer) {
+            let step = MissedStep {
+                layer: l,
+                changes: &changes,
+                snapshot: &options,
+                source_date_epoch: self.options.source_date_epoch,
+            };
+            let promoted = stacker
+                .promote(&step)
+                .map_err(|source| ExecutorError::Stack {
+                    layer: l.digest.clone(),
+                    source,
+                })?;
+            if promoted {
+                // The root is a chain again; it was remounted, so the walk is stale.
+                ctx.cursor.only_hits = true;
+                ctx.cursor.baseline = None;
+            }
+        }
         if let Some(l) = &layer {
             ctx.record.new_layers.push(l.clone());
         }

@@ -9,6 +9,7 @@
 //!
 //! [`StageJob`]: stagecoach_protocol::StageJob
 
+pub mod promote;
 pub mod roots;
 pub mod waves;
 

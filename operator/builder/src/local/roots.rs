@@ -21,7 +21,7 @@ use stagecoach_oci::{ContentStore, Digest};
 use stagecoach_protocol::{CacheLayout, LayerRecord};
 
 use super::{LocalError, Log};
-use crate::executor::StackError;
+use crate::executor::{MissedStep, StackError};
 
 /// Room for `lowerdir=` in the mount options, which must fit in one page with the rest.
 const MAX_LOWERDIR: usize = 3 * 1024;
@@ -256,11 +256,18 @@ pub fn unmount_all_under(dir: &Path, log: Log) {
 /// format) and the stage root is remounted with it on top. Only while the stage has only hit
 /// (the executor asks no later), so the root is exactly its chain and the directory is valid
 /// for every build that reaches the same chain.
+///
+/// A missed step that ran over an exact chain is promoted the other way round: its upper
+/// directory, checked against the layer's change list and given the layer's times
+/// ([`super::promote`]), is renamed to the layer's chain directory and the root remounted over
+/// it with a fresh upper. The cold build has just written those files; the next build's hit
+/// stacks them instead of unpacking the layer again.
 #[derive(Debug)]
 pub struct ChainStack<'a> {
     roots: &'a RootCache,
     store: &'a ContentStore,
     stage_dir: PathBuf,
+    label: String,
     state: std::sync::Mutex<StackState>,
 }
 
@@ -284,8 +291,15 @@ impl<'a> ChainStack<'a> {
             roots,
             store,
             stage_dir: stage_dir.to_owned(),
+            label: "build".to_string(),
             state: std::sync::Mutex::new(StackState { chain, lowers }),
         }
+    }
+
+    /// Names the stage in log lines.
+    pub fn with_label(mut self, label: &str) -> Self {
+        self.label = label.to_string();
+        self
     }
 
     /// The current chain and lowers.
@@ -350,6 +364,143 @@ impl<'a> ChainStack<'a> {
 impl crate::executor::HitStacker for ChainStack<'_> {
     fn stack(&self, layer: &LayerRecord) -> Result<bool, StackError> {
         Ok(self.stack_inner(layer)?)
+    }
+
+    fn exact(&self) -> bool {
+        // Holding the lock: a stack or promotion in between would change the answer.
+        let _st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        upper_is_empty(&self.stage_dir.join("upper"))
+    }
+
+    fn promote(&self, step: &MissedStep<'_>) -> Result<bool, StackError> {
+        Ok(self.promote_inner(step)?)
+    }
+}
+
+fn upper_is_empty(upper: &Path) -> bool {
+    std::fs::read_dir(upper)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+}
+
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.dev())
+}
+
+impl ChainStack<'_> {
+    fn say(&self, what: &str) {
+        (self.roots.log)(&format!("[{}] {what}", self.label));
+    }
+
+    fn promote_inner(&self, step: &MissedStep<'_>) -> Result<bool, LocalError> {
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t0 = std::time::Instant::now();
+        let next = Digest::of_bytes(format!("{} {}", st.chain, step.layer.diff_id).as_bytes());
+        let chains = self.roots.dir.join("chains");
+        let dest = chains.join(next.hex());
+        // Another build made this chain already: theirs stays, ours goes with the work
+        // directory, and the stage carries on over its upper as before.
+        if dest.is_dir() {
+            return Ok(false);
+        }
+        let mut lowers = vec![dest.clone()];
+        lowers.extend(st.lowers.iter().cloned());
+        let (Some(lowerdir), Some(previous)) = (
+            self.roots.lowerdir(&lowers)?,
+            self.roots.lowerdir(&st.lowers)?,
+        ) else {
+            return Ok(false);
+        };
+        let upper = self.stage_dir.join("upper");
+        let plan = match super::promote::check(&upper, step) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                self.say(&format!(
+                    "layer {} stays in the stage (not kept as a chain directory): {refusal}",
+                    step.layer.digest
+                ));
+                return Ok(false);
+            }
+        };
+        std::fs::create_dir_all(&chains).map_err(io_err("create", &chains))?;
+        // A rename cannot cross filesystems; the layer is unpacked on the next hit instead.
+        if device_of(&chains).is_none() || device_of(&chains) != device_of(&upper) {
+            return Ok(false);
+        }
+        let merged = self.stage_dir.join("rootfs");
+        let work = self.stage_dir.join("overlay-work");
+        // Not detached: the upper directory must be free of every mount before it becomes a
+        // lower one. A busy root stays as it is.
+        if let Err(e) = rustix::mount::unmount(&merged, rustix::mount::UnmountFlags::empty()) {
+            self.say(&format!(
+                "layer {} stays in the stage: unmount: {e}",
+                step.layer.digest
+            ));
+            return Ok(false);
+        }
+        let moved = super::promote::normalize(&upper, &plan)
+            .map_err(|e| ("set times in", e))
+            .and_then(|()| std::fs::rename(&upper, &dest).map_err(|e| ("rename", e)));
+        if let Err((action, e)) = moved {
+            // Lost a race for the same chain, or the times could not be set: the stage
+            // goes on over its own upper directory, as before promotion.
+            if !dest.is_dir() {
+                self.say(&format!(
+                    "layer {} stays in the stage: cannot {action} {}: {e}",
+                    step.layer.digest,
+                    upper.display()
+                ));
+            }
+            return self
+                .remount(&merged, &previous, &upper, &work)
+                .map(|()| false);
+        }
+        std::fs::create_dir(&upper).map_err(io_err("create", &upper))?;
+        if self
+            .roots
+            .mount_anyway(&merged, &overlay_data(&lowerdir, &upper, &work))?
+        {
+            st.chain = next;
+            st.lowers = lowers;
+            self.say(&format!(
+                "layer {} kept as a chain directory ({} entries) in {:.2}s",
+                step.layer.digest,
+                plan.len(),
+                t0.elapsed().as_secs_f64()
+            ));
+            return Ok(true);
+        }
+        // Nothing stacks the new directory yet: take it back as the stage's upper.
+        std::fs::remove_dir(&upper).map_err(io_err("remove", &upper))?;
+        std::fs::rename(&dest, &upper).map_err(io_err("rename into", &upper))?;
+        self.remount(&merged, &previous, &upper, &work)
+            .map(|()| false)
+    }
+
+    fn remount(
+        &self,
+        merged: &Path,
+        lowerdir: &str,
+        upper: &Path,
+        work: &Path,
+    ) -> Result<(), LocalError> {
+        if self
+            .roots
+            .mount_anyway(merged, &overlay_data(lowerdir, upper, work))?
+        {
+            Ok(())
+        } else {
+            Err(io_err("remount", merged)(std::io::Error::other(
+                "overlay refused the stage's own layers again",
+            )))
+        }
     }
 }
 

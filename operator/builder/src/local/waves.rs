@@ -381,13 +381,16 @@ impl LocalBuild<'_> {
         let t0 = std::time::Instant::now();
         let (root, lower, apply) = self.prepare_root(index, work, &layers, lower)?;
         let stack = match (&lower, chain) {
-            (Some((lowers, _)), Some(chain)) => Some(ChainStack::new(
-                self.roots,
-                self.store,
-                &work.stage_dir(index),
-                chain,
-                lowers.clone(),
-            )),
+            (Some((lowers, _)), Some(chain)) => Some(
+                ChainStack::new(
+                    self.roots,
+                    self.store,
+                    &work.stage_dir(index),
+                    chain,
+                    lowers.clone(),
+                )
+                .with_label(&label),
+            ),
             _ => None,
         };
         let applied = apply.len();
@@ -443,6 +446,7 @@ impl LocalBuild<'_> {
             export: None,
             result: None,
             cache_mounts: Vec::new(),
+            wait_for: Vec::new(),
         };
         let log = self.log;
         let mut first_step = true;
