@@ -428,8 +428,18 @@ fn result_blobs(build: &Path) -> Vec<String> {
     let Ok(stages) = fs::read_dir(build.join("stages")) else {
         return out;
     };
-    for stage in stages.flatten() {
-        let Ok(bytes) = fs::read(stage.path().join("result.json")) else {
+    // `result.json`, or one per generation (`result-g<N>.json`) where the controller wrote them.
+    let results = stages
+        .flatten()
+        .filter_map(|stage| fs::read_dir(stage.path()).ok())
+        .flat_map(|files| files.flatten())
+        .filter(|f| {
+            let name = f.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("result") && name.ends_with(".json")
+        });
+    for file in results {
+        let Ok(bytes) = fs::read(file.path()) else {
             continue;
         };
         if let Ok(result) = serde_json::from_slice::<StageResult>(&bytes) {
@@ -552,7 +562,7 @@ mod tests {
                     "mediaType": "m", "digest": format!("sha256:{h}"), "diffId": format!("sha256:{h}"), "size": 1
                 })).collect::<Vec<_>>(),
             });
-            fs::write(dir.join("stages/0/result.json"), result.to_string()).unwrap();
+            fs::write(dir.join("stages/0/result-g1.json"), result.to_string()).unwrap();
             self.at(&dir, age);
             dir
         }

@@ -555,7 +555,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                         (
                             Reason::Succeeded,
                             format!(
-                                "the inputs are those of {} (generation {}), whose images are in the registry: no pod ran",
+                                "the inputs are those of {} (generation {}), whose images are in the registry under this build's tags: no pod ran",
                                 earlier.build, earlier.generation
                             ),
                             stages,

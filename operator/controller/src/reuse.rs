@@ -1,11 +1,16 @@
 //! A build whose inputs are those of an earlier successful build needs no pod. The inputs
 //! are everything the images are made from that the controller can see without running
-//! anything: the Dockerfile, the inline or ConfigMap context, build args, targets, secret
-//! ids, and the digests the images it starts from resolve to now. Their sha256 goes into
-//! `status.source.inputs` at a generation's first reconcile. When another build of the
-//! namespace (or this one's previous generation) succeeded with the same inputs and every
-//! one of its images is still in the registry under its tag, the build succeeds at once with
-//! those images, each needed stage `Cached`.
+//! anything: the Dockerfile, the inline or ConfigMap context, build args, the target stages,
+//! secret ids, and the digests the images it starts from resolve to now. Where the images go
+//! is not an input: builds are reproducible, so the same inputs make the same image whatever
+//! its tag. The sha256 goes into `status.source.inputs` at a generation's first reconcile.
+//! When another build of the namespace (or this one's previous generation) succeeded with
+//! the same inputs, and each of its images is still in its repository by digest, the build
+//! succeeds at once, each needed stage `Cached`: an image already under this build's tag is
+//! confirmed, any other is put there by the registry itself (every blob mounted from the
+//! earlier repository, then the same manifest bytes pushed under the tag), so the digest is
+//! the earlier one. An image on another registry, or a registry that will not mount, means
+//! the build runs.
 //!
 //! Not covered (the build runs as usual): git sources (the Dockerfile is only known after a
 //! fetch pod), and `ADD` of a URL without `--checksum` (what it downloads may change).
@@ -21,8 +26,9 @@ use stagecoach_api::{ConditionStatus, ImageBuild, ImageBuildSpec, ImageStatus, S
 use stagecoach_dockerfile::instructions::{Dockerfile, Instruction};
 use stagecoach_dockerfile::planner::{Base, Plan};
 
-/// Bumped when what the executor makes of the same inputs changes.
-const INPUTS_VERSION: u32 = 1;
+/// Bumped when what the executor makes of the same inputs changes, or what the inputs cover
+/// (2: where the images go is no longer one).
+const INPUTS_VERSION: u32 = 2;
 
 /// What the inputs digest is taken over.
 #[derive(Serialize)]
@@ -35,8 +41,8 @@ struct Inputs<'a> {
     dockerfile_path: &'a str,
     dockerfile: &'a str,
     build_args: &'a BTreeMap<String, String>,
-    targets: &'a [stagecoach_api::Target],
-    image: Option<&'a str>,
+    /// The target stages, without where they go.
+    targets: Vec<&'a str>,
     secrets: Vec<(&'a str, &'a str, &'a str)>,
     images: &'a BTreeMap<String, String>,
 }
@@ -119,8 +125,7 @@ pub fn inputs_digest(
         dockerfile_path: &spec.dockerfile,
         dockerfile,
         build_args: &spec.build_args,
-        targets: &spec.targets,
-        image: spec.image.as_deref(),
+        targets: spec.targets.iter().map(|t| t.stage.as_str()).collect(),
         secrets: spec
             .secrets
             .iter()
@@ -138,7 +143,8 @@ pub fn inputs_digest(
     Some(stagecoach_protocol::Digest::of_bytes(&bytes).to_string())
 }
 
-/// An earlier success with these inputs: its name, generation and images.
+/// An earlier success with these inputs: its name, generation and images (in a decision:
+/// this build's images, where they now are).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Earlier {
     /// `namespace/name` of the build.
@@ -250,24 +256,74 @@ pub(crate) async fn decide(
     let Some(earlier) = earlier_success(&builds, &inputs) else {
         return decision;
     };
-    // Every image still where it was pushed, under its tag: else the build runs (pushing a
-    // manifest again would need the push pod and its credentials).
-    for image in &earlier.images {
-        let found = match stagecoach_oci::registry::ImageRef::parse(&image.image) {
-            Ok(reference) => registry.pull_manifest(&reference).await.ok(),
-            Err(_) => None,
-        };
-        if found.map(|m| m.digest.to_string()) != Some(image.digest.clone()) {
+    // Each of this build's images where it goes, with the earlier digest: else the build runs.
+    let mut placed = Vec::new();
+    for (stage, destination) in crate::run::targets_to_push(build, plan) {
+        let label = plan.stages[stage]
+            .name
+            .clone()
+            .unwrap_or_else(|| stage.to_string());
+        let Some(from) = earlier.images.iter().find(|i| i.target == label) else {
             tracing::info!(
-                image = image.image.as_str(),
+                target = label.as_str(),
                 earlier = earlier.build.as_str(),
-                "same inputs as an earlier build, but its image is no longer in the registry under its tag: building"
+                "same inputs as an earlier build, which did not push this target: building"
+            );
+            return decision;
+        };
+        if let Err(why) = place(registry, from, &destination).await {
+            tracing::info!(
+                image = destination.as_str(),
+                earlier = earlier.build.as_str(),
+                why = why.as_str(),
+                "same inputs as an earlier build, but its image cannot be put here: building"
             );
             return decision;
         }
+        placed.push(ImageStatus {
+            target: label,
+            image: destination,
+            ..from.clone()
+        });
     }
-    decision.reuse = Some(earlier);
+    if placed.is_empty() {
+        return decision;
+    }
+    decision.reuse = Some(Earlier {
+        images: placed,
+        ..earlier
+    });
     decision
+}
+
+/// Makes `destination` name the image `from` names: nothing when its tag already does,
+/// else a copy inside the registry. Why not, when it cannot.
+async fn place(
+    registry: &stagecoach_oci::registry::RegistryClient,
+    from: &ImageStatus,
+    destination: &str,
+) -> Result<(), String> {
+    use stagecoach_oci::registry::ImageRef;
+    let target = ImageRef::parse(destination).map_err(|e| e.to_string())?;
+    let current = registry.pull_manifest(&target).await.ok();
+    if current.is_some_and(|m| m.digest.to_string() == from.digest) {
+        return Ok(());
+    }
+    let digest = stagecoach_protocol::Digest::parse(&from.digest).map_err(|e| e.to_string())?;
+    let source = ImageRef::parse(&from.image)
+        .map_err(|e| e.to_string())?
+        .with_digest(digest);
+    let pushed = registry
+        .copy_within_registry(&source, &target)
+        .await
+        .map_err(|e| e.to_string())?;
+    if pushed.to_string() != from.digest {
+        return Err(format!(
+            "the registry confirmed {pushed}, not {}",
+            from.digest
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -289,12 +345,20 @@ mod tests {
         let first = d(base, &images);
         assert!(first.starts_with("sha256:") && first.len() == 71);
         assert_eq!(first, d(base, &images), "stable");
-        // Not inputs: the timeout, resources.
+        // Not inputs: the timeout, resources, where the image goes.
         assert_eq!(first, d(&base.replace("\"1h\"", "\"2h\""), &images));
+        assert_eq!(first, d(&base.replace("r/x:1", "r/x:2"), &images));
+        let targets = |image: &str| {
+            base.replace(
+                "\"image\":\"r/x:1\"",
+                &format!("\"targets\":[{{\"stage\":\"app\",\"image\":\"{image}\"}}]"),
+            )
+        };
+        assert_eq!(d(&targets("r/x:1"), &images), d(&targets("r/y:7"), &images));
         for changed in [
             base.replace("\"1\"}}", "\"2\"}}"),
             base.replace("\"X\":\"1\"", "\"X\":\"2\""),
-            base.replace("r/x:1", "r/x:2"),
+            targets("r/x:1"),
         ] {
             assert_ne!(first, d(&changed, &images), "{changed}");
         }

@@ -20,7 +20,7 @@ use stagecoach_dockerfile::planner::{self, Base, Plan, PlanOptions};
 use stagecoach_oci::registry::ImageRef;
 use stagecoach_protocol::job::{
     ImageInput, ImagePull, JOB_VERSION, JobBase, JobOptions, PushJob, PushResult, SecretInput,
-    StageInput, StageJob,
+    StageInput, StageJob, WaitFor,
 };
 use stagecoach_protocol::reason::condition_for_exit;
 use stagecoach_protocol::{CacheLayout, LayerRecord, StageResult};
@@ -344,8 +344,10 @@ pub(crate) async fn drive(
         return Ok(verdict);
     }
 
-    if plan
-        .targets
+    // Every needed stage, not only the targets: a stage started early reads its inputs'
+    // result files on the cache volume, which a RUN could forge, and nothing is pushed
+    // before the controller has seen every stage end well by its own pod's status.
+    if needed
         .iter()
         .all(|t| matches!(progress.get(t), Some(Progress::Succeeded(_))))
     {
@@ -376,6 +378,16 @@ pub(crate) async fn drive(
         })
         .collect();
     let waiting = ready.len().saturating_sub(room);
+    // Then, with room left, the next wave: stages whose inputs still run get their pods now,
+    // and wait in them for the inputs' results (see `early_start`).
+    let early: Vec<usize> = needed
+        .iter()
+        .copied()
+        .filter(|i| matches!(progress.get(i), Some(Progress::NotStarted)))
+        .filter(|&i| early_start(plan, i, &progress))
+        .collect();
+    let ready_count = ready.len();
+    let ready: Vec<usize> = ready.into_iter().chain(early).collect();
     // Decided per reconcile: a node that gains or loses support changes the next pods.
     let host_users = ctx.host_users();
     let userns_wait = host_users.is_err() && !ready.is_empty();
@@ -387,7 +399,7 @@ pub(crate) async fn drive(
             Dockerfile::parse(dockerfile_text).map_err(|e| Error::Plan(e.to_string()))?;
         let context = ensure_context(&maps, build, &owner).await?;
         let mut resolved: BTreeMap<String, Resolved> = BTreeMap::new();
-        for i in ready.into_iter().take(room) {
+        for (n, i) in ready.into_iter().take(room).enumerate() {
             let (job, image, mounts) = stage_job(
                 ctx,
                 registry,
@@ -401,6 +413,12 @@ pub(crate) async fn drive(
                 &mut resolved,
             )
             .await?;
+            // A bind of another stage's files is a volume sub-path mounted at the pod's
+            // start, and the export it names is replaced as a whole when that stage ends:
+            // such a stage starts only once its inputs are done.
+            if n >= ready_count && mounts.iter().flat_map(|s| &s.mounts).any(binds_a_stage) {
+                continue;
+            }
             let exports: BTreeMap<String, String> = plan.stages[i]
                 .depends_on
                 .iter()
@@ -513,6 +531,42 @@ pub(crate) async fn drive(
     Ok(verdict)
 }
 
+/// Whether stage `i` may get its pod before its inputs are done: each input is done, or its
+/// pod runs with every input of its own done (one wave ahead, no more: a pod that waits holds
+/// a place under the cap), and the stage does not start `FROM` an unfinished stage, whose
+/// layers and config its job must name.
+fn early_start(plan: &Plan, i: usize, progress: &BTreeMap<usize, Progress>) -> bool {
+    let done = |j: &usize| matches!(progress.get(j), Some(Progress::Succeeded(_)));
+    let deps = &plan.stages[i].depends_on;
+    if deps.iter().all(done) {
+        // Ready, not early: started with the ready ones.
+        return false;
+    }
+    if let Base::Stage(j) = plan.stages[i].base
+        && !done(&j)
+    {
+        return false;
+    }
+    deps.iter().all(|j| {
+        done(j)
+            || (matches!(progress.get(j), Some(Progress::Running))
+                && plan.stages[*j].depends_on.iter().all(done))
+    })
+}
+
+/// A `RUN --mount=type=bind,from=…` (of a stage or an image; the mount alone does not say).
+fn binds_a_stage(need: &run_mounts::MountNeed) -> bool {
+    matches!(need, run_mounts::MountNeed::Bind { from: Some(_), .. })
+}
+
+/// A stage's full result on the cache volume, by generation: a stage started early waits for
+/// its inputs' files, and must not take an older generation's for them.
+fn result_path(owner: &Owner, i: usize) -> std::path::PathBuf {
+    CacheLayout::new(CACHE_DIR)
+        .build_stage(&owner.uid, i)
+        .join(format!("result-g{}.json", owner.generation))
+}
+
 /// How long the node may fail to pull a stage pod's image before the stage fails: an image
 /// the controller could resolve but the node cannot pull (a node without the route or the
 /// logins, an image deleted meanwhile) would otherwise wait for spec.timeout.
@@ -546,7 +600,7 @@ fn first_line(text: &str) -> &str {
 }
 
 /// The targets to push: `(stage, image)` in spec order (`spec.image` for the default target).
-fn targets_to_push(build: &ImageBuild, plan: &Plan) -> Vec<(usize, String)> {
+pub(crate) fn targets_to_push(build: &ImageBuild, plan: &Plan) -> Vec<(usize, String)> {
     let spec = &build.spec;
     if spec.targets.is_empty() {
         return match (&spec.image, plan.targets.first()) {
@@ -1268,7 +1322,6 @@ async fn stage_job(
             }),
         });
     }
-    let layout = CacheLayout::new(CACHE_DIR);
     let (_, secret_paths) = pods::declared_secrets(spec, &mounts);
     let exported = plan
         .waves
@@ -1314,13 +1367,22 @@ async fn stage_job(
             ..JobOptions::default()
         },
         export: exported.then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i))),
-        result: Some(layout.build_stage(&owner.uid, i).join("result.json")),
+        result: Some(result_path(owner, i)),
         cache_mounts: mounts
             .iter()
             .flat_map(|step| &step.mounts)
             .filter_map(|m| match m {
                 stagecoach_builder::run_mounts::MountNeed::Cache { id, .. } => Some(id.clone()),
                 _ => None,
+            })
+            .collect(),
+        wait_for: plan.stages[i]
+            .depends_on
+            .iter()
+            .filter(|j| !matches!(progress.get(j), Some(Progress::Succeeded(_))))
+            .map(|&j| WaitFor {
+                label: stage_label(plan, j),
+                result: result_path(owner, j),
             })
             .collect(),
     };
@@ -1526,5 +1588,57 @@ mod tests {
         assert!(retention_left(done, later(100_000), day).is_zero());
         // A clock behind the completion time does not stretch the retention.
         assert_eq!(retention_left(done, later(-60), day), day);
+    }
+}
+
+#[cfg(test)]
+mod early_tests {
+    use super::*;
+
+    fn plan_of(text: &str) -> Plan {
+        let dockerfile = Dockerfile::parse(text).unwrap();
+        planner::plan(&dockerfile, &PlanOptions::default()).unwrap()
+    }
+
+    fn succeeded() -> Progress {
+        Progress::Succeeded(Box::new(StageResult::failed_early(
+            stagecoach_protocol::StageReason::RunFailed,
+            0,
+            String::new(),
+        )))
+    }
+
+    const FANOUT: &str = "FROM busybox AS a\nRUN true\nFROM busybox AS b\nRUN true\n\
+        FROM busybox AS c\nCOPY --from=b /x /x\n\
+        FROM scratch\nCOPY --from=a /a /a\nCOPY --from=c /c /c\n";
+
+    #[test]
+    fn a_stage_starts_one_wave_early_and_never_from_an_unfinished_parent() {
+        let plan = plan_of(FANOUT);
+        let progress = |states: [Progress; 4]| -> BTreeMap<usize, Progress> {
+            states.into_iter().enumerate().collect()
+        };
+        use Progress::{NotStarted, Running};
+        // a and b run: c (reads b) may start; the last stage reads c, which has not started.
+        let p = progress([Running, Running, NotStarted, NotStarted]);
+        assert!(early_start(&plan, 2, &p));
+        assert!(!early_start(&plan, 3, &p));
+        // c runs while its own input b still runs: the last stage waits for a wave.
+        let p = progress([succeeded(), Running, Running, NotStarted]);
+        assert!(!early_start(&plan, 3, &p), "two waves ahead");
+        // b done, c runs: the last stage starts early.
+        let p = progress([Running, succeeded(), Running, NotStarted]);
+        assert!(early_start(&plan, 3, &p));
+        // Everything it needs is done: ready, not early.
+        let p = progress([succeeded(), succeeded(), succeeded(), NotStarted]);
+        assert!(!early_start(&plan, 3, &p));
+        // A stage whose input has no pod yet waits.
+        let p = progress([NotStarted, succeeded(), succeeded(), NotStarted]);
+        assert!(!early_start(&plan, 3, &p));
+
+        // FROM an unfinished stage: its job must name the parent's layers, so never early.
+        let plan = plan_of("FROM busybox AS a\nRUN true\nFROM a\nRUN true\n");
+        let p: BTreeMap<usize, Progress> = [(0, Running), (1, NotStarted)].into();
+        assert!(!early_start(&plan, 1, &p));
     }
 }

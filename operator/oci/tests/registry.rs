@@ -382,6 +382,52 @@ async fn blobs_are_mounted_across_repositories() {
 }
 
 #[tokio::test]
+async fn an_image_is_copied_inside_the_registry_without_its_bytes() {
+    let Some(reg) = Registry::start("an_image_is_copied_inside_the_registry", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = ContentStore::open(dir.path()).unwrap();
+    let image = build_image(&store, "copied");
+    let a = reg.reference("team/a:v1");
+    let pusher = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    push_image(&pusher, &store, &a, &image, &[]).await;
+    let pinned = a.with_digest(image.manifest_digest.clone());
+
+    // A client that never saw the blobs: another repository and tag, by mounts alone.
+    let copier = RegistryClient::new(Credentials::anonymous(), fast_retries());
+    let b = reg.reference("team/b:other");
+    let digest = copier.copy_within_registry(&pinned, &b).await.unwrap();
+    assert_eq!(digest, image.manifest_digest);
+    assert_eq!(copier.stats().blobs_mounted, 2);
+    assert_eq!(copier.stats().blobs_uploaded, 0);
+    assert_eq!(copier.resolve(&b).await.unwrap(), image.manifest_digest);
+
+    // The same repository under another tag: the blobs are there already.
+    let c = reg.reference("team/a:v2");
+    copier.copy_within_registry(&pinned, &c).await.unwrap();
+    assert_eq!(copier.resolve(&c).await.unwrap(), image.manifest_digest);
+
+    // A tag that moved is put back.
+    let other = build_image(&store, "another image");
+    push_image(&pusher, &store, &b, &other, &[]).await;
+    assert_eq!(copier.resolve(&b).await.unwrap(), other.manifest_digest);
+    copier.copy_within_registry(&pinned, &b).await.unwrap();
+    assert_eq!(copier.resolve(&b).await.unwrap(), image.manifest_digest);
+
+    // A manifest the registry does not have is an error, and so is another registry.
+    let missing = a.with_digest(stagecoach_oci::Digest::of_bytes(b"no such manifest"));
+    assert!(copier.copy_within_registry(&missing, &c).await.is_err());
+    let elsewhere = stagecoach_oci::registry::ImageRef::parse("127.0.0.1:1/team/x:1").unwrap();
+    assert!(
+        copier
+            .copy_within_registry(&pinned, &elsewhere)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
 async fn unknown_tags_and_repositories_are_not_found() {
     let Some(reg) = Registry::start("unknown_tags_and_repositories_are_not_found", false) else {
         return;

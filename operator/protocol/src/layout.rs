@@ -84,7 +84,8 @@ impl CacheLayout {
         self.build(build).join("context")
     }
 
-    /// A stage's directory in a build: its full result (`result.json`) and exported files.
+    /// A stage's directory in a build: its full result (`result-g<generation>.json` in the
+    /// controller's jobs) and exported files.
     pub fn build_stage(&self, build: &str, stage: usize) -> PathBuf {
         self.build(build).join("stages").join(stage.to_string())
     }

@@ -34,7 +34,7 @@ pub struct StageArgs {
 
 /// Runs `stagecoach stage`; returns the process exit code.
 pub fn run(args: &StageArgs) -> u8 {
-    let (result, full_path) = match read_job(&args.spec) {
+    let (mut result, full_path) = match read_job(&args.spec) {
         Err(message) => {
             let reason = StageReason::InvalidJob;
             let code = reason.exit_code().map_or(2, |c| c.code());
@@ -46,10 +46,23 @@ pub fn run(args: &StageArgs) -> u8 {
     if let Some(path) = &full_path
         && let Err(e) = write_atomic(path, &full)
     {
-        eprintln!(
-            "warning: cannot write the full result to {}: {e}",
-            path.display()
-        );
+        if result.outcome == stagecoach_protocol::result::Outcome::Succeeded {
+            // A stage started early waits for this file: a success without it would leave
+            // that pod waiting until the build's deadline.
+            let reason = if e.kind() == std::io::ErrorKind::StorageFull {
+                StageReason::CacheFull
+            } else {
+                StageReason::IoFailed
+            };
+            let code = reason.exit_code().map_or(3, |c| c.code());
+            let message = format!("cannot write the stage's result to {}: {e}", path.display());
+            result = StageResult::failed_early(reason, code, message);
+        } else {
+            eprintln!(
+                "warning: cannot write the full result to {}: {e}",
+                path.display()
+            );
+        }
     }
     let small = result.to_json_within(TERMINATION_MESSAGE_LIMIT);
     if let Err(e) = std::fs::write(&args.termination_log, &small) {
@@ -81,6 +94,36 @@ fn read_job(path: &Path) -> Result<StageJob, String> {
     StageJob::from_json(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// How often a stage started ahead of its inputs looks for their results: a tenth of a
+/// second is nothing next to a pod start, and a stat costs nothing next to it.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Blocks until every result in `job.wait_for` holds a success. There is no timeout and no
+/// failure here: the controller, which sees every pod, ends the build (and deletes this pod)
+/// when an input fails for good, and the pod's deadline bounds the wait.
+fn wait_for_inputs(job: &StageJob) {
+    for input in &job.wait_for {
+        let mut said = false;
+        loop {
+            let done = std::fs::read(&input.result)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<StageResult>(&bytes).ok())
+                .is_some_and(|r| r.outcome == stagecoach_protocol::result::Outcome::Succeeded);
+            if done {
+                break;
+            }
+            if !said {
+                tracing::info!("[{}] waiting for stage {}", job.label, input.label);
+                said = true;
+            }
+            std::thread::sleep(WAIT_POLL);
+        }
+        if said {
+            tracing::info!("[{}] stage {} is done", job.label, input.label);
+        }
+    }
+}
+
 fn run_one(job: &StageJob) -> StageResult {
     // Used from now on, for garbage collection, whether or not a RUN reaches them.
     let layout = stagecoach_protocol::CacheLayout::new(&job.cache);
@@ -92,6 +135,7 @@ fn run_one(job: &StageJob) -> StageResult {
         let code = reason.exit_code().map_or(3, |c| c.code());
         return StageResult::failed_early(reason, code, message);
     }
+    wait_for_inputs(job);
     let runner = match InPlaceRunner::with_current_exe() {
         Ok(r) => r,
         Err(e) => {
@@ -230,4 +274,82 @@ pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
         std::fs::create_dir_all(to)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use stagecoach_protocol::job::WaitFor;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn job(results: &[PathBuf]) -> StageJob {
+        use stagecoach_protocol::job::{JOB_VERSION, JobBase, JobOptions};
+        StageJob {
+            version: JOB_VERSION,
+            build: "b".into(),
+            dockerfile: "FROM scratch\n".into(),
+            dockerfile_path: None,
+            stage: 1,
+            label: "last".into(),
+            build_args: Default::default(),
+            base: JobBase::Scratch,
+            root: "/".into(),
+            apply: vec![],
+            context: "/c".into(),
+            cache: "/cache".into(),
+            stages: vec![],
+            images: vec![],
+            secrets: vec![],
+            options: JobOptions::default(),
+            export: None,
+            result: None,
+            cache_mounts: vec![],
+            wait_for: results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| WaitFor {
+                    label: i.to_string(),
+                    result: r.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn result(outcome: &str) -> Vec<u8> {
+        let mut r = StageResult::failed_early(StageReason::RunFailed, 1, "RUN failed".into());
+        if outcome == "Succeeded" {
+            r.outcome = stagecoach_protocol::result::Outcome::Succeeded;
+            (r.exit_code, r.reason, r.message) = (0, None, None);
+        }
+        serde_json::to_vec(&r).unwrap()
+    }
+
+    #[test]
+    fn a_stage_waits_until_every_input_result_is_a_success() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.json"));
+        std::fs::write(&a, result("Succeeded")).unwrap();
+        // b: a failure first (the stage may be tried again), then nothing yet.
+        std::fs::write(&b, result("Failed")).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiting = job(&[a, b.clone()]);
+        std::thread::spawn(move || {
+            wait_for_inputs(&waiting);
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(500)).is_err(),
+            "went on while an input had failed"
+        );
+        std::fs::remove_file(&b).unwrap();
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "went on while an input had no result"
+        );
+        write_atomic(&b, &result("Succeeded")).unwrap();
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("went on once both inputs succeeded");
+    }
 }

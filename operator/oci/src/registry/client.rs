@@ -618,38 +618,12 @@ impl RegistryClient {
         desc: &Descriptor,
         mount_from: &[ImageRef],
     ) -> Result<BlobPush, RegistryError> {
+        if let Some(done) = self.present_or_mounted(target, desc, mount_from).await? {
+            return Ok(done);
+        }
         let (client, oref, _auth) = self.prepare(target).await?;
         let (client, oref) = (&client, &oref);
         let digest = desc.digest.as_str();
-        let present = self
-            .retry(op::PUSH_BLOB, target, || async move {
-                client
-                    .blob_exists(oref, digest)
-                    .await
-                    .map_err(|e| classify(op::PUSH_BLOB, target, e))
-            })
-            .await?;
-        if present {
-            bump(&self.counters.blobs_already_remote);
-            self.remember(target, &desc.digest);
-            return Ok(BlobPush::AlreadyPresent);
-        }
-
-        for source in self.mount_candidates(target, &desc.digest, mount_from) {
-            let source_ref = oci_client::Reference::with_digest(
-                target.registry().to_owned(),
-                source.clone(),
-                digest.to_owned(),
-            );
-            // A refused mount (the source lacks the blob, the token has no pull scope on it,
-            // the registry does not mount) costs one request; the upload below still works.
-            if client.mount_blob(oref, &source_ref, digest).await.is_ok() {
-                bump(&self.counters.blobs_mounted);
-                self.remember(target, &desc.digest);
-                return Ok(BlobPush::Mounted { from: source });
-            }
-        }
-
         let store_err = |source| RegistryError::Store {
             op: op::PUSH_BLOB,
             reference: target.to_string(),
@@ -678,6 +652,86 @@ impl RegistryClient {
         bump(&self.counters.blobs_uploaded);
         self.remember(target, &desc.digest);
         Ok(BlobPush::Uploaded)
+    }
+
+    /// Puts the image `source` (pinned by digest) under `target` on the same registry without
+    /// a byte of it passing through here: every blob is already in the target repository or
+    /// mounted from the source's, then the manifest's exact bytes are pushed under the
+    /// target's tag. Returns the digest the registry confirms (the source's). Another
+    /// registry, or a blob the registry will not mount, is an error: the caller builds
+    /// instead.
+    pub async fn copy_within_registry(
+        &self,
+        source: &ImageRef,
+        target: &ImageRef,
+    ) -> Result<Digest, RegistryError> {
+        if source.registry() != target.registry() {
+            return Err(RegistryError::Protocol {
+                op: op::PUSH_MANIFEST,
+                reference: target.to_string(),
+                detail: format!("{source} is on another registry"),
+            });
+        }
+        let pulled = self.pull_manifest(source).await?;
+        let blobs = std::iter::once(pulled.manifest.config.clone())
+            .chain(pulled.manifest.layers.iter().cloned());
+        for desc in blobs {
+            if self
+                .present_or_mounted(target, &desc, std::slice::from_ref(source))
+                .await?
+                .is_none()
+            {
+                return Err(RegistryError::Protocol {
+                    op: op::PUSH_BLOB,
+                    reference: target.to_string(),
+                    detail: format!("the registry did not mount {} from {source}", desc.digest),
+                });
+            }
+        }
+        self.push_manifest(target, &pulled.bytes, &pulled.media_type)
+            .await
+    }
+
+    /// The blob is in `target`'s repository already, or mounted into it from another
+    /// repository of the same registry; `None` when neither.
+    async fn present_or_mounted(
+        &self,
+        target: &ImageRef,
+        desc: &Descriptor,
+        mount_from: &[ImageRef],
+    ) -> Result<Option<BlobPush>, RegistryError> {
+        let (client, oref, _auth) = self.prepare(target).await?;
+        let (client, oref) = (&client, &oref);
+        let digest = desc.digest.as_str();
+        let present = self
+            .retry(op::PUSH_BLOB, target, || async move {
+                client
+                    .blob_exists(oref, digest)
+                    .await
+                    .map_err(|e| classify(op::PUSH_BLOB, target, e))
+            })
+            .await?;
+        if present {
+            bump(&self.counters.blobs_already_remote);
+            self.remember(target, &desc.digest);
+            return Ok(Some(BlobPush::AlreadyPresent));
+        }
+
+        for source in self.mount_candidates(target, &desc.digest, mount_from) {
+            let source_ref = oci_client::Reference::with_digest(
+                target.registry().to_owned(),
+                source.clone(),
+                digest.to_owned(),
+            );
+            // A refused mount (the source lacks the blob, the token has no pull scope on it,
+            // the registry does not mount) costs one request; an upload still works.
+            if client.mount_blob(oref, &source_ref, digest).await.is_ok() {
+                bump(&self.counters.blobs_mounted);
+                self.remember(target, &desc.digest);
+                return Ok(Some(BlobPush::Mounted { from: source }));
+            }
+        }
+        Ok(None)
     }
 
     /// Pushes a manifest's exact bytes under `target`'s tag (or its digest when it has no
