@@ -3,6 +3,8 @@
 //! store and key store. RUN goes through a fake runner that only records what it was handed
 //! and edits the root directly to stand in for a process; everything else is the real code.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -804,45 +806,17 @@ mod real_runc {
     use super::*;
     use stagecoach_builder::runc::RuncRunner;
 
-    fn busybox() -> Option<PathBuf> {
-        ["/bin/busybox", "/usr/bin/busybox"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    }
+    use super::common::{available as available_for, install_busybox};
 
     fn available(test: &str) -> bool {
-        if !rustix::process::geteuid().is_root() {
-            println!("SKIP {test}: needs root (runc containers)");
-            return false;
-        }
-        if let Err(e) = RuncRunner::new().version() {
-            println!("SKIP {test}: runc unavailable ({e})");
-            return false;
-        }
-        if busybox().is_none() {
-            println!("SKIP {test}: busybox missing (apt-get install -y busybox-static)");
-            return false;
-        }
-        true
+        available_for(test, "runc containers")
     }
 
     /// A busybox root: /bin/busybox plus relative applet links, /tmp and /etc.
     fn busybox_root(root: &Path) {
-        std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("tmp")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        let bb = busybox().unwrap();
-        std::fs::copy(&bb, root.join("bin/busybox")).unwrap();
-        let list = std::process::Command::new(&bb)
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if !applet.is_empty() && applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
+        install_busybox(root);
     }
 
     #[test]

@@ -6,12 +6,13 @@
 //! Drives [`LocalBuild`] directly over a base image made here from the host's busybox, with
 //! RUN under the real runc. Needs root, runc and busybox; skipped with a message otherwise.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use stagecoach_builder::local::{Done, LocalBuild, PulledImage, RootCache, WorkDir};
-use stagecoach_builder::runc::RuncRunner;
 use stagecoach_dockerfile::Dockerfile;
 use stagecoach_dockerfile::planner::{self, Base, PlanOptions};
 use stagecoach_oci::layer::write_layer;
@@ -23,29 +24,6 @@ use stagecoach_protocol::{CacheLayout, LayerRecord};
 const IMAGE: &str = "local.test/busybox";
 /// Not 0, so a file older than it (made with `touch -d`) keeps its own time in a layer.
 const EPOCH: u64 = 1_600_000_000;
-
-fn busybox() -> Option<PathBuf> {
-    ["/bin/busybox", "/usr/bin/busybox"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-fn available(test: &str) -> bool {
-    if !rustix::process::geteuid().is_root() {
-        println!("SKIP {test}: needs root (runc, overlay mounts)");
-        return false;
-    }
-    if let Err(e) = RuncRunner::new().version() {
-        println!("SKIP {test}: runc unavailable ({e})");
-        return false;
-    }
-    if busybox().is_none() {
-        println!("SKIP {test}: busybox missing (apt-get install -y busybox-static)");
-        return false;
-    }
-    true
-}
 
 fn log(line: &str) {
     eprintln!("{line}");
@@ -64,17 +42,7 @@ fn base_tree() -> tempfile::TempDir {
     std::fs::write(root.join("etc/removed"), "bye\n").unwrap();
     std::fs::write(root.join("etc/existing"), "one\n").unwrap();
     std::fs::write(root.join("olddir/deep/f"), "x\n").unwrap();
-    let bb = busybox().unwrap();
-    std::fs::copy(&bb, root.join("bin/busybox")).unwrap();
-    let list = std::process::Command::new(&bb)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if !applet.is_empty() && applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
+    common::install_busybox(root);
     dir
 }
 
@@ -209,7 +177,10 @@ RUN echo two > /data/two && rm /etc/removed \
 
 #[test]
 fn a_cold_build_keeps_its_layers_as_chains_and_the_first_warm_build_unpacks_none() {
-    if !available("a_cold_build_keeps_its_layers_as_chains_and_the_first_warm_build_unpacks_none") {
+    if !common::available(
+        "a_cold_build_keeps_its_layers_as_chains_and_the_first_warm_build_unpacks_none",
+        "runc, overlay mounts",
+    ) {
         return;
     }
     let base = base_tree();
@@ -258,7 +229,10 @@ RUN find /data /etc/existing /olddir /etc/removed 2>/dev/null | sort \
 
 #[test]
 fn a_step_over_a_kept_chain_sees_what_it_sees_over_the_unpacked_layer() {
-    if !available("a_step_over_a_kept_chain_sees_what_it_sees_over_the_unpacked_layer") {
+    if !common::available(
+        "a_step_over_a_kept_chain_sees_what_it_sees_over_the_unpacked_layer",
+        "runc, overlay mounts",
+    ) {
         return;
     }
     let base = base_tree();
@@ -306,7 +280,10 @@ RUN echo c > /c\n";
 
 #[test]
 fn a_child_stage_goes_on_from_its_parents_kept_chain() {
-    if !available("a_child_stage_goes_on_from_its_parents_kept_chain") {
+    if !common::available(
+        "a_child_stage_goes_on_from_its_parents_kept_chain",
+        "runc, overlay mounts",
+    ) {
         return;
     }
     let base = base_tree();

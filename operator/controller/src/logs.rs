@@ -238,6 +238,21 @@ fn containers(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
+/// Whether the pod's container `name` runs or has run (its log exists).
+fn started(pod: &Pod, name: &str) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|c| c.name == name)
+        .filter_map(|c| c.state.as_ref())
+        .any(|s| s.running.is_some() || s.terminated.is_some())
+}
+
 /// Streams one pod's containers in order, waiting for each to start.
 async fn follow(
     pods: &Api<Pod>,
@@ -248,8 +263,25 @@ async fn follow(
     let name = pod.name_any();
     for container in containers(pod) {
         // A container that has not started has no log yet: ask again until it has one, or
-        // until the pod is gone or done without it.
+        // until the pod is gone or done without it. Not by trying the stream: for a pod not
+        // yet on a node the API server answers with an empty stream, not an error, and the
+        // container's lines would be missed.
         let stream = loop {
+            let Ok(Some(now)) = pods.get_opt(&name).await else {
+                break None;
+            };
+            let ended = now.metadata.deletion_timestamp.is_some()
+                || matches!(
+                    now.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                );
+            if !started(&now, &container) {
+                if ended {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             let params = LogParams {
                 container: Some(container.clone()),
                 follow: true,
@@ -257,18 +289,8 @@ async fn follow(
             };
             match pods.log_stream(&name, &params).await {
                 Ok(stream) => break Some(stream),
-                Err(_) => match pods.get_opt(&name).await {
-                    Ok(Some(p))
-                        if p.metadata.deletion_timestamp.is_none()
-                            && !matches!(
-                                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                                Some("Succeeded" | "Failed")
-                            ) =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    _ => break None,
-                },
+                Err(_) if !ended => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(_) => break None,
             }
         };
         let Some(stream) = stream else {
@@ -293,5 +315,39 @@ async fn follow(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status}))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_container_has_a_log_once_it_runs_or_ran() {
+        let state = |s: serde_json::Value| {
+            serde_json::json!([{"name": "stage", "image": "i",
+            "imageID": "", "ready": false, "restartCount": 0, "state": s}])
+        };
+        // Not on a node yet: no statuses (the API server would stream nothing, no error).
+        assert!(!started(
+            &pod(serde_json::json!({"phase": "Pending"})),
+            "stage"
+        ));
+        let waiting = pod(serde_json::json!({"phase": "Pending",
+            "containerStatuses": state(serde_json::json!({"waiting": {"reason": "PodInitializing"}}))}));
+        assert!(!started(&waiting, "stage"));
+        let running = pod(serde_json::json!({"phase": "Running",
+            "containerStatuses": state(serde_json::json!({"running": {}}))}));
+        assert!(started(&running, "stage"));
+        assert!(!started(&running, "prepare"), "another container");
+        let done = pod(serde_json::json!({"phase": "Succeeded",
+            "initContainerStatuses": state(serde_json::json!({"terminated": {"exitCode": 0}}))}));
+        assert!(started(&done, "stage"));
     }
 }
