@@ -144,6 +144,18 @@ pub struct StageStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::MAX_STAGE_MESSAGE))]
     pub message: Option<String>,
+
+    /// The sha256 of what the stage is made from, as the controller sees it without running
+    /// anything: its Dockerfile lines, the build args it declares, the digest of its base
+    /// image, the context when it reads it (the git commit, the inline files or the
+    /// ConfigMap's), the images it copies from and the inputs of the stages it reads. A later
+    /// build in the namespace whose target stage has the same inputs takes that stage's image
+    /// from the registry, and the stages only it needs get no pod (state Cached). Absent when
+    /// they are not all known (an `ADD` of a URL without `--checksum`, an image that did not
+    /// resolve).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(equal = 71), pattern(r"^sha256:[0-9a-f]{64}$"))]
+    pub inputs: Option<String>,
 }
 
 /// Where a stage is in its life.

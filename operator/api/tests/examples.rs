@@ -271,6 +271,7 @@ fn full_status_round_trips_and_fits_the_schema() {
             finish_time: Some(time("2026-11-22T10:01:30Z")),
             cache_hits: Some(1),
             message: None,
+            inputs: Some(format!("sha256:{}", "cd".repeat(32))),
         },
         StageStatus {
             name: "prod".into(),

@@ -458,6 +458,192 @@ async fn acquire_lease(
     Ok((held, task))
 }
 
+/// What one reconcile of a generation whose Dockerfile is known comes to.
+struct Ran {
+    reason: Reason,
+    message: String,
+    stages: Vec<stagecoach_api::StageStatus>,
+    images: Vec<stagecoach_api::ImageStatus>,
+    steps: std::collections::BTreeMap<String, u64>,
+    retry_after: Option<std::time::Duration>,
+    source: Option<stagecoach_api::SourceStatus>,
+}
+
+/// Takes what earlier builds made (the whole build, or target stages with the same
+/// inputs), and drives the stage pods of the rest.
+#[allow(clippy::too_many_arguments)]
+async fn run_or_reuse(
+    ctx: &Context,
+    registry: &stagecoach_oci::registry::RegistryClient,
+    build: &ImageBuild,
+    namespace: &str,
+    config_map: Option<&str>,
+    owner: &pods::Owner,
+    plan: &stagecoach_dockerfile::planner::Plan,
+    text: &str,
+    current: &std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod>,
+    commit: Option<String>,
+) -> Result<Ran, Error> {
+    let generation = build.metadata.generation.unwrap_or(0);
+    let previous = build.status.as_ref();
+    let decision = reuse::decide(
+        &ctx.client,
+        registry,
+        build,
+        namespace,
+        config_map,
+        commit.as_deref(),
+        plan,
+        text,
+        !run::has_stage_pods(current, owner, plan),
+    )
+    .await;
+    let mut ran = Ran {
+        reason: Reason::Building,
+        message: String::new(),
+        stages: Vec::new(),
+        images: Vec::new(),
+        steps: std::collections::BTreeMap::new(),
+        retry_after: None,
+        source: decision
+            .inputs
+            .clone()
+            .map(|inputs| stagecoach_api::SourceStatus {
+                commit: commit.clone(),
+                inputs: Some(inputs),
+            }),
+    };
+    let cached_stages = |stages: Vec<stagecoach_api::StageStatus>| {
+        stages
+            .into_iter()
+            .map(|s| stagecoach_api::StageStatus {
+                state: StageState::Cached,
+                ..s
+            })
+            .collect::<Vec<_>>()
+    };
+    let every_target_cached = !plan.targets.is_empty()
+        && plan
+            .targets
+            .iter()
+            .all(|t| decision.cached.iter().any(|c| c.stage == *t));
+    if let Some(earlier) = decision.reuse {
+        ran.images = earlier.images;
+        ran.stages = cached_stages(status::pending_stages(plan));
+        ran.reason = Reason::Succeeded;
+        ran.message = format!(
+            "the inputs are those of {} (generation {}), whose images are in the registry under this build's tags: no pod ran",
+            earlier.build, earlier.generation
+        );
+    } else if every_target_cached {
+        ran.images = decision.cached.iter().map(|c| c.image.clone()).collect();
+        ran.stages = cached_stages(status::pending_stages(plan));
+        ran.reason = Reason::Succeeded;
+        let mut from: Vec<&str> = decision.cached.iter().map(|c| c.from.as_str()).collect();
+        from.sort_unstable();
+        from.dedup();
+        ran.message = format!(
+            "every target stage has the inputs of one that {} pushed, and its image is in the registry under this build's tag: no pod ran",
+            from.join(", ")
+        );
+    } else {
+        // The targets an earlier build made are not built again, nor what only they need.
+        let reduced;
+        let (run_build, run_plan) = if decision.cached.is_empty() {
+            (build, plan)
+        } else {
+            let mut spec = build.spec.clone();
+            spec.targets.retain(|t| {
+                !decision
+                    .cached
+                    .iter()
+                    .any(|c| plan.stages[c.stage].name.as_deref() == Some(t.stage.as_str()))
+            });
+            let smaller =
+                validate::plan_dockerfile(&spec, text).map_err(|e| Error::Plan(e.to_string()))?;
+            let mut copy = build.clone();
+            copy.spec = spec;
+            reduced = (copy, smaller);
+            (&reduced.0, &reduced.1)
+        };
+        let with_cached = |stages: Vec<stagecoach_api::StageStatus>| {
+            status::pending_stages(plan)
+                .into_iter()
+                .map(|p| {
+                    stages
+                        .iter()
+                        .find(|s| s.index == p.index)
+                        .cloned()
+                        .unwrap_or(stagecoach_api::StageStatus {
+                            state: StageState::Cached,
+                            ..p
+                        })
+                })
+                .collect::<Vec<_>>()
+        };
+        ran.images = decision.cached.iter().map(|c| c.image.clone()).collect();
+        match run::drive(ctx, registry, run_build, namespace, text, run_plan, current).await {
+            Ok(verdict) => {
+                ran.images.extend(verdict.images);
+                ran.steps = verdict.steps;
+                ran.retry_after = verdict.requeue;
+                ran.reason = verdict.reason;
+                ran.message = verdict.message;
+                ran.stages = with_cached(verdict.stages);
+            }
+            // An image that does not exist or is refused fails the build; a registry that
+            // does not answer may come back, so the build waits (with backoff) for
+            // `--unreachable-registry-timeout` before it fails.
+            Err(e @ Error::Resolve { permanent, .. }) => {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                if permanent
+                    || status::pending_longer_than(
+                        previous,
+                        generation,
+                        now,
+                        ctx.settings.unreachable_registry_timeout,
+                    )
+                {
+                    let gave_up = if permanent {
+                        String::new()
+                    } else {
+                        format!(
+                            " (the registry did not answer for {} s)",
+                            ctx.settings.unreachable_registry_timeout.as_secs()
+                        )
+                    };
+                    ran.reason = Reason::ResolveFailed;
+                    ran.message = format!("{e}{gave_up}");
+                    ran.stages = with_cached(status::stages_kept(
+                        run_plan,
+                        previous,
+                        generation,
+                        StageState::Skipped,
+                    ));
+                } else {
+                    ran.retry_after = Some(backoff(ctx, build));
+                    ran.reason = Reason::Pending;
+                    ran.message = format!("{e}; retrying");
+                    ran.stages = with_cached(status::stages_kept(
+                        run_plan,
+                        previous,
+                        generation,
+                        StageState::Pending,
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for s in &mut ran.stages {
+        s.inputs = usize::try_from(s.index)
+            .ok()
+            .and_then(|i| decision.stage_inputs.get(i).cloned())
+            .flatten();
+    }
+    Ok(ran)
+}
+
 /// One reconcile of one ImageBuild.
 #[tracing::instrument(skip_all, fields(build = %format!("{}/{}", build.namespace().unwrap_or_default(), build.name_any())))]
 async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -526,100 +712,26 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
             match known {
                 Err((reason, message)) => (reason, message, Vec::new()),
                 Ok((plan, text)) => {
-                    let decision = reuse::decide(
-                        &ctx.client,
+                    let ran = run_or_reuse(
+                        &ctx,
                         &registry,
                         &build,
                         &namespace,
                         fetched.config_map_digest.as_deref(),
+                        &owner,
                         &plan,
                         &text,
-                        current.is_empty(),
+                        &current,
+                        source.as_ref().and_then(|s| s.commit.clone()),
                     )
-                    .await;
-                    if let Some(inputs) = decision.inputs {
-                        source = Some(stagecoach_api::SourceStatus {
-                            commit: None,
-                            inputs: Some(inputs),
-                        });
+                    .await?;
+                    images = ran.images;
+                    steps = ran.steps;
+                    retry_after = ran.retry_after;
+                    if ran.source.is_some() {
+                        source = ran.source;
                     }
-                    if let Some(earlier) = decision.reuse {
-                        images = earlier.images;
-                        let stages = status::pending_stages(&plan)
-                            .into_iter()
-                            .map(|s| stagecoach_api::StageStatus {
-                                state: StageState::Cached,
-                                ..s
-                            })
-                            .collect();
-                        (
-                            Reason::Succeeded,
-                            format!(
-                                "the inputs are those of {} (generation {}), whose images are in the registry under this build's tags: no pod ran",
-                                earlier.build, earlier.generation
-                            ),
-                            stages,
-                        )
-                    } else {
-                        match run::drive(
-                            &ctx, &registry, &build, &namespace, &text, &plan, &current,
-                        )
-                        .await
-                        {
-                            Ok(verdict) => {
-                                images = verdict.images;
-                                steps = verdict.steps;
-                                retry_after = verdict.requeue;
-                                (verdict.reason, verdict.message, verdict.stages)
-                            }
-                            // An image that does not exist or is refused fails the build; a
-                            // registry that does not answer may come back, so the build waits
-                            // (with backoff) for `--unreachable-registry-timeout` before it fails.
-                            Err(e @ Error::Resolve { permanent, .. }) => {
-                                let now = k8s_openapi::jiff::Timestamp::now();
-                                if permanent
-                                    || status::pending_longer_than(
-                                        previous,
-                                        generation,
-                                        now,
-                                        ctx.settings.unreachable_registry_timeout,
-                                    )
-                                {
-                                    let gave_up = if permanent {
-                                        String::new()
-                                    } else {
-                                        format!(
-                                            " (the registry did not answer for {} s)",
-                                            ctx.settings.unreachable_registry_timeout.as_secs()
-                                        )
-                                    };
-                                    (
-                                        Reason::ResolveFailed,
-                                        format!("{e}{gave_up}"),
-                                        status::stages_kept(
-                                            &plan,
-                                            previous,
-                                            generation,
-                                            StageState::Skipped,
-                                        ),
-                                    )
-                                } else {
-                                    retry_after = Some(backoff(&ctx, &build));
-                                    (
-                                        Reason::Pending,
-                                        format!("{e}; retrying"),
-                                        status::stages_kept(
-                                            &plan,
-                                            previous,
-                                            generation,
-                                            StageState::Pending,
-                                        ),
-                                    )
-                                }
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    (ran.reason, ran.message, ran.stages)
                 }
             }
         }

@@ -143,6 +143,175 @@ pub fn inputs_digest(
     Some(stagecoach_protocol::Digest::of_bytes(&bytes).to_string())
 }
 
+/// What a stage's inputs digest is taken over: what its pod would make its result from.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StageInputs<'a> {
+    version: u32,
+    stagecoach: &'a str,
+    /// The base as written, and what it is now: an image digest, a stage's inputs, scratch.
+    from: &'a str,
+    base: String,
+    platform: Option<&'a str>,
+    escape: char,
+    /// Each instruction as written and as parsed (a heredoc's body is only in the latter).
+    lines: Vec<(&'a str, String)>,
+    /// Each declared ARG: its `--build-arg` value and its global value.
+    args: Vec<(&'a str, Option<&'a str>, Option<&'a str>)>,
+    /// The proxy args RUN sees without a declaration.
+    predefined: Vec<(&'a str, &'a str)>,
+    /// The context's identity, when the stage reads it.
+    context: Option<&'a str>,
+    stages: Vec<&'a str>,
+    images: Vec<(&'a str, &'a str)>,
+    secrets: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+/// Whether a stage reads the build context: a `COPY` without `--from`, any `ADD`, or a
+/// `RUN --mount=type=bind` without `from`.
+fn reads_context(stage: &stagecoach_dockerfile::instructions::Stage) -> bool {
+    use stagecoach_dockerfile::instructions::MountType;
+    stage.instructions.iter().any(|i| match &i.instruction {
+        Instruction::Copy(c) => c.from.is_none(),
+        Instruction::Add(_) => true,
+        Instruction::Run(r) => r
+            .mounts
+            .iter()
+            .any(|m| m.kind == MountType::Bind && m.from.is_none()),
+        _ => false,
+    })
+}
+
+/// The identity of a build's context: the source and, for git, the commit it was fetched
+/// at (`None` for git before the fetch), with the Dockerfile's path (which picks the
+/// `.dockerignore`).
+pub fn context_identity(
+    spec: &ImageBuildSpec,
+    config_map: Option<&str>,
+    commit: Option<&str>,
+) -> Option<String> {
+    let git = matches!(spec.source.kind(), Ok(SourceKind::Git(_)));
+    if git && commit.is_none() {
+        return None;
+    }
+    let bytes =
+        serde_json::to_vec(&(&spec.source, config_map, commit, spec.dockerfile.as_str())).ok()?;
+    Some(stagecoach_protocol::Digest::of_bytes(&bytes).to_string())
+}
+
+/// Each stage's inputs digest (by index), `None` where an input is not known: an image that
+/// did not resolve, an `ADD` of a URL without `--checksum`, the context of a git source not
+/// yet fetched, or a stage it reads whose inputs are not known. `images` maps each external
+/// image to what it resolves to now.
+pub fn stage_inputs(
+    spec: &ImageBuildSpec,
+    dockerfile: &Dockerfile,
+    plan: &Plan,
+    context: Option<&str>,
+    images: &BTreeMap<String, String>,
+) -> Vec<Option<String>> {
+    use stagecoach_dockerfile::planner::{PREDEFINED_ARGS, PlanOptions, global_env};
+    let global: BTreeMap<String, String> = global_env(
+        dockerfile,
+        &PlanOptions {
+            build_args: spec.build_args.clone(),
+            ..PlanOptions::default()
+        },
+    )
+    .map(|env| env.into_iter().collect())
+    .unwrap_or_default();
+    let secrets: Vec<(&str, &str, &str)> = spec
+        .secrets
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.secret_key_ref.name.as_str(),
+                s.secret_key_ref.key.as_str(),
+            )
+        })
+        .collect();
+    let mut out: Vec<Option<String>> = Vec::with_capacity(plan.stages.len());
+    for (i, planned) in plan.stages.iter().enumerate() {
+        let key = (|| {
+            let stage = dockerfile.stages.get(i)?;
+            let single = Dockerfile {
+                stages: vec![stage.clone()],
+                ..dockerfile.clone()
+            };
+            if !static_inputs(&single) {
+                return None;
+            }
+            // Stages only read earlier stages, whose inputs are known by now.
+            let earlier = |j: usize| out.get(j).and_then(|k| k.as_deref());
+            let base = match &planned.base {
+                Base::Image(image) => images.get(image)?.clone(),
+                Base::Stage(j) => earlier(*j)?.to_string(),
+                Base::Scratch => "scratch".to_string(),
+            };
+            let stages = planned
+                .depends_on
+                .iter()
+                .map(|&j| earlier(j))
+                .collect::<Option<Vec<_>>>()?;
+            let stage_images = planned
+                .images
+                .iter()
+                .map(|name| Some((name.as_str(), images.get(name)?.as_str())))
+                .collect::<Option<Vec<_>>>()?;
+            let context = if reads_context(stage) {
+                Some(context?)
+            } else {
+                None
+            };
+            let args = stage
+                .instructions
+                .iter()
+                .filter_map(|l| match &l.instruction {
+                    Instruction::Arg(decls) => Some(decls),
+                    _ => None,
+                })
+                .flatten()
+                .map(|d| {
+                    (
+                        d.name.as_str(),
+                        spec.build_args.get(&d.name).map(String::as_str),
+                        global.get(&d.name).map(String::as_str),
+                    )
+                })
+                .collect();
+            let inputs = StageInputs {
+                version: INPUTS_VERSION,
+                stagecoach: env!("CARGO_PKG_VERSION"),
+                from: &stage.base,
+                base,
+                platform: stage.platform.as_deref(),
+                escape: dockerfile.escape,
+                lines: stage
+                    .instructions
+                    .iter()
+                    .map(|l| (l.original.as_str(), format!("{:?}", l.instruction)))
+                    .collect(),
+                args,
+                predefined: spec
+                    .build_args
+                    .iter()
+                    .filter(|(k, _)| PREDEFINED_ARGS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                context,
+                stages,
+                images: stage_images,
+                secrets: secrets.clone(),
+            };
+            let bytes = serde_json::to_vec(&inputs).ok()?;
+            Some(stagecoach_protocol::Digest::of_bytes(&bytes).to_string())
+        })();
+        out.push(key);
+    }
+    out
+}
+
 /// An earlier success with these inputs: its name, generation and images (in a decision:
 /// this build's images, where they now are).
 #[derive(Debug, Clone, PartialEq)]
@@ -180,18 +349,66 @@ pub fn earlier_success(builds: &[ImageBuild], inputs: &str) -> Option<Earlier> {
         .map(|(_, e)| e)
 }
 
-/// What a generation's first reconcile learns: its inputs, and an earlier success it can
-/// take the images of.
+/// The image an earlier success pushed for a target stage whose inputs are `inputs`: the
+/// newest such build's name and image. A stage taken that way is one too (state `Cached`),
+/// since the image it names was confirmed under the tag it was put at.
+pub fn earlier_stage_image(builds: &[ImageBuild], inputs: &str) -> Option<(String, ImageStatus)> {
+    builds
+        .iter()
+        .filter_map(|b| {
+            let status = b.status.as_ref()?;
+            let succeeded = status.succeeded()?;
+            if succeeded.status != ConditionStatus::True.as_str() {
+                return None;
+            }
+            let image = status
+                .stages
+                .iter()
+                .filter(|s| s.inputs.as_deref() == Some(inputs) && s.state.is_done())
+                .find_map(|s| status.images.iter().find(|i| i.target == s.name))?;
+            Some((
+                status.completion_time.clone(),
+                (
+                    format!("{}/{}", b.namespace().unwrap_or_default(), b.name_any()),
+                    image.clone(),
+                ),
+            ))
+        })
+        .max_by(|a, b| a.0.as_ref().map(|t| t.0).cmp(&b.0.as_ref().map(|t| t.0)))
+        .map(|(_, found)| found)
+}
+
+/// A target stage whose image an earlier build made: it is already where this build's
+/// target goes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CachedTarget {
+    /// The stage's index.
+    pub stage: usize,
+    /// This build's image, with the earlier digest.
+    pub image: ImageStatus,
+    /// `namespace/name` of the build that made it.
+    pub from: String,
+}
+
+/// What a generation's first reconcile learns: its inputs, each stage's inputs, and what
+/// earlier successes it can take the images of.
 #[derive(Debug, Default)]
 pub(crate) struct Decision {
     pub inputs: Option<String>,
     pub reuse: Option<Earlier>,
+    /// Each stage's inputs, by index.
+    pub stage_inputs: Vec<Option<String>>,
+    /// Targets whose image an earlier build made, in spec order.
+    pub cached: Vec<CachedTarget>,
 }
 
-/// The inputs of this generation (kept from its status once known) and, when no pod of it
+/// The inputs of this generation and of each of its stages and, when no stage pod of it
 /// exists yet, an earlier success with the same inputs whose images are all still in the
-/// registry. Whatever cannot be found out (a registry that does not answer) only means no
-/// reuse: the build then runs, and its own errors say what is wrong.
+/// registry, or else, per target stage, an earlier build that pushed an image of a stage
+/// with the same inputs. Once this generation's status holds what its first reconcile
+/// decided, that is kept, so a build does not change its mind while it runs. Whatever
+/// cannot be found out (a registry that does not answer) only means no reuse: the build
+/// then runs, and its own errors say what is wrong.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn decide(
     client: &kube::Client,
@@ -199,50 +416,54 @@ pub(crate) async fn decide(
     build: &ImageBuild,
     namespace: &str,
     config_map: Option<&str>,
+    commit: Option<&str>,
     plan: &Plan,
     dockerfile: &str,
-    no_pods_yet: bool,
+    no_stage_pods_yet: bool,
 ) -> Decision {
     let generation = build.metadata.generation.unwrap_or(0);
-    if let Some(status) = build.status.as_ref()
-        && status.observed_generation == Some(generation)
-        && let Some(inputs) = status.source.as_ref().and_then(|s| s.inputs.clone())
+    if let Some(status) = build
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == Some(generation))
+        && (!no_stage_pods_yet
+            || status.source.as_ref().is_some_and(|s| s.inputs.is_some())
+            || status.stages.iter().any(|s| s.inputs.is_some()))
     {
-        return Decision {
-            inputs: Some(inputs),
-            reuse: None,
-        };
+        return kept(status, plan);
     }
-    if matches!(build.spec.source.kind(), Ok(SourceKind::Git(_)) | Err(_))
-        || !Dockerfile::parse(dockerfile).is_ok_and(|d| static_inputs(&d))
-    {
+    if !no_stage_pods_yet {
         return Decision::default();
     }
+    let Ok(parsed) = Dockerfile::parse(dockerfile) else {
+        return Decision::default();
+    };
     let mut images = BTreeMap::new();
     for image in external_images(plan) {
         let Ok(reference) = stagecoach_oci::registry::ImageRef::parse(&image) else {
-            return Decision::default();
+            continue;
         };
         match registry.pull_manifest(&reference).await {
             Ok(pulled) => {
                 images.insert(image, pulled.digest.to_string());
             }
+            // Only the stages that read it have no inputs.
             Err(e) => {
-                tracing::debug!(image = image.as_str(), error = %e, "inputs not known: no reuse");
-                return Decision::default();
+                tracing::debug!(image = image.as_str(), error = %e, "image not resolved: stages reading it have no inputs");
             }
         }
     }
-    let Some(inputs) = inputs_digest(&build.spec, dockerfile, config_map, &images) else {
-        return Decision::default();
-    };
+    let context = context_identity(&build.spec, config_map, commit);
     let mut decision = Decision {
-        inputs: Some(inputs.clone()),
+        inputs: None,
         reuse: None,
+        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context.as_deref(), &images),
+        cached: Vec::new(),
     };
-    if !no_pods_yet {
-        return decision;
-    }
+    let whole = (static_inputs(&parsed) && images.len() == external_images(plan).len())
+        .then(|| inputs_digest(&build.spec, dockerfile, config_map, &images))
+        .flatten();
+    decision.inputs = whole.clone();
     let builds = match Api::<ImageBuild>::namespaced(client.clone(), namespace)
         .list(&ListParams::default())
         .await
@@ -253,23 +474,96 @@ pub(crate) async fn decide(
             return decision;
         }
     };
-    let Some(earlier) = earlier_success(&builds, &inputs) else {
+    if let Some(inputs) = &whole
+        && let Some(earlier) = earlier_success(&builds, inputs)
+        && let Some(placed) = place_all(registry, build, plan, &earlier).await
+    {
+        decision.reuse = Some(Earlier {
+            images: placed,
+            ..earlier
+        });
         return decision;
-    };
-    // Each of this build's images where it goes, with the earlier digest: else the build runs.
+    }
+    for (stage, destination) in crate::run::targets_to_push(build, plan) {
+        let Some(Some(inputs)) = decision.stage_inputs.get(stage) else {
+            continue;
+        };
+        let Some((from, earlier)) = earlier_stage_image(&builds, inputs) else {
+            continue;
+        };
+        let label = crate::run::stage_label(plan, stage);
+        if let Err(why) = place(registry, &earlier, &destination).await {
+            tracing::info!(
+                image = destination.as_str(),
+                earlier = from.as_str(),
+                why = why.as_str(),
+                "a target stage has the inputs of an earlier build's, but its image cannot be put here: building it"
+            );
+            continue;
+        }
+        decision.cached.push(CachedTarget {
+            stage,
+            image: ImageStatus {
+                target: label,
+                image: destination,
+                ..earlier
+            },
+            from,
+        });
+    }
+    decision
+}
+
+/// What this generation's first reconcile decided, as its status holds it.
+fn kept(status: &stagecoach_api::ImageBuildStatus, plan: &Plan) -> Decision {
+    let mut stage_inputs = vec![None; plan.stages.len()];
+    for s in &status.stages {
+        if let Some(slot) = usize::try_from(s.index)
+            .ok()
+            .and_then(|i| stage_inputs.get_mut(i))
+        {
+            slot.clone_from(&s.inputs);
+        }
+    }
+    let cached = status
+        .stages
+        .iter()
+        .filter(|s| s.state == stagecoach_api::StageState::Cached)
+        .filter_map(|s| {
+            let image = status.images.iter().find(|i| i.target == s.name)?;
+            Some(CachedTarget {
+                stage: usize::try_from(s.index).ok()?,
+                image: image.clone(),
+                from: String::new(),
+            })
+        })
+        .collect();
+    Decision {
+        inputs: status.source.as_ref().and_then(|s| s.inputs.clone()),
+        reuse: None,
+        stage_inputs,
+        cached,
+    }
+}
+
+/// Each of this build's images where it goes, with the earlier digest; `None` when one of
+/// them cannot be (the build then runs).
+async fn place_all(
+    registry: &stagecoach_oci::registry::RegistryClient,
+    build: &ImageBuild,
+    plan: &Plan,
+    earlier: &Earlier,
+) -> Option<Vec<ImageStatus>> {
     let mut placed = Vec::new();
     for (stage, destination) in crate::run::targets_to_push(build, plan) {
-        let label = plan.stages[stage]
-            .name
-            .clone()
-            .unwrap_or_else(|| stage.to_string());
+        let label = crate::run::stage_label(plan, stage);
         let Some(from) = earlier.images.iter().find(|i| i.target == label) else {
             tracing::info!(
                 target = label.as_str(),
                 earlier = earlier.build.as_str(),
                 "same inputs as an earlier build, which did not push this target: building"
             );
-            return decision;
+            return None;
         };
         if let Err(why) = place(registry, from, &destination).await {
             tracing::info!(
@@ -278,7 +572,7 @@ pub(crate) async fn decide(
                 why = why.as_str(),
                 "same inputs as an earlier build, but its image cannot be put here: building"
             );
-            return decision;
+            return None;
         }
         placed.push(ImageStatus {
             target: label,
@@ -286,14 +580,7 @@ pub(crate) async fn decide(
             ..from.clone()
         });
     }
-    if placed.is_empty() {
-        return decision;
-    }
-    decision.reuse = Some(Earlier {
-        images: placed,
-        ..earlier
-    });
-    decision
+    (!placed.is_empty()).then_some(placed)
 }
 
 /// Makes `destination` name the image `from` names: nothing when its tag already does,
@@ -370,6 +657,156 @@ mod tests {
             inputs_digest(&spec(git), "FROM busybox\n", None, &images),
             None
         );
+    }
+
+    /// The inputs of each stage of `text` with `spec`'s build args.
+    fn keys(
+        spec_json: &str,
+        text: &str,
+        context: Option<&str>,
+        busybox: &str,
+    ) -> Vec<Option<String>> {
+        let spec = spec(spec_json);
+        let plan = crate::validate::plan_dockerfile(&spec, text).unwrap();
+        let images: BTreeMap<String, String> = [
+            ("busybox".to_string(), format!("busybox@sha256:{busybox}")),
+            ("alpine".to_string(), "alpine@sha256:cc".to_string()),
+        ]
+        .into();
+        stage_inputs(
+            &spec,
+            &Dockerfile::parse(text).unwrap(),
+            &plan,
+            context,
+            &images,
+        )
+    }
+
+    #[test]
+    fn a_stage_s_inputs_change_with_what_it_reads_and_only_with_that() {
+        let text = "FROM busybox AS a\nARG A\nRUN echo $A > /a\n\
+                    FROM busybox AS b\nCOPY f /f\n\
+                    FROM alpine AS c\nRUN <<EOF\necho c\nEOF\n\
+                    FROM busybox AS d\nCOPY --from=a /a /a\nCOPY --from=c /etc /c\n";
+        let with = |args: &str| {
+            format!(
+                r#"{{"source":{{"inline":{{"files":{{"f":"1"}}}}}},"buildArgs":{args},"targets":[{{"stage":"d","image":"r/d:1"}},{{"stage":"b","image":"r/b:1"}}]}}"#
+            )
+        };
+        let first = keys(&with("{}"), text, Some("ctx1"), "aa");
+        assert!(first.iter().all(Option::is_some), "{first:?}");
+        assert_eq!(first, keys(&with("{}"), text, Some("ctx1"), "aa"), "stable");
+        let distinct: std::collections::BTreeSet<_> = first.iter().collect();
+        assert_eq!(distinct.len(), 4, "every stage has its own");
+        // An argument no stage declares changes nothing.
+        assert_eq!(
+            first,
+            keys(&with(r#"{"UNUSED":"1"}"#), text, Some("ctx1"), "aa")
+        );
+        let changed = |other: &[Option<String>]| -> Vec<usize> {
+            (0..4).filter(|&i| other[i] != first[i]).collect()
+        };
+        // A declared one: its stage and the stage that reads it.
+        assert_eq!(
+            changed(&keys(&with(r#"{"A":"1"}"#), text, Some("ctx1"), "aa")),
+            [0, 3]
+        );
+        // The context: the stage that copies from it, and no other.
+        assert_eq!(changed(&keys(&with("{}"), text, Some("ctx2"), "aa")), [1]);
+        // The base image: the stages on it, and what reads them.
+        assert_eq!(
+            changed(&keys(&with("{}"), text, Some("ctx1"), "bb")),
+            [0, 1, 3]
+        );
+        // A heredoc's body, which only the parsed instruction holds.
+        let body = text.replace("echo c", "echo C");
+        assert_eq!(
+            changed(&keys(&with("{}"), &body, Some("ctx1"), "aa")),
+            [2, 3]
+        );
+        // A proxy argument RUN sees without a declaration.
+        assert_eq!(
+            changed(&keys(
+                &with(r#"{"HTTP_PROXY":"http://p"}"#),
+                text,
+                Some("ctx1"),
+                "aa"
+            )),
+            [0, 1, 2, 3]
+        );
+        // A context not known (git before its fetch): only the stages that read it.
+        let unknown = keys(&with("{}"), text, None, "aa");
+        assert_eq!(unknown[1], None);
+        assert_eq!(unknown[0], first[0]);
+        assert_eq!(unknown[3], first[3]);
+        // A download that may change: that stage and what reads it.
+        let url = text.replace("RUN echo $A > /a", "ADD https://example.com/x /a");
+        let url = keys(&with("{}"), &url, Some("ctx1"), "aa");
+        assert_eq!((url[0].is_none(), url[3].is_none()), (true, true));
+        assert_eq!(url[2], first[2]);
+    }
+
+    #[test]
+    fn an_earlier_target_image_is_found_by_its_stage_s_inputs() {
+        let inputs = format!("sha256:{}", "1".repeat(64));
+        let build = |name: &str,
+                     stage_inputs: &str,
+                     state: &str,
+                     status: &str,
+                     done: &str|
+         -> ImageBuild {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "stagecoach.dev/v1alpha1", "kind": "ImageBuild",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"source": {"inline": {"dockerfile": "FROM x\n"}}},
+                "status": {"observedGeneration": 1, "completionTime": done,
+                    "stages": [
+                        {"name": "base", "index": 0, "state": "Succeeded", "inputs": stage_inputs},
+                        {"name": "app", "index": 1, "state": state, "inputs": stage_inputs}],
+                    "images": [{"target": "app", "image": format!("r/{name}:1"), "digest": format!("sha256:{}", "a".repeat(64))}],
+                    "conditions": [{"type": "Succeeded", "status": status, "reason": "X", "message": "",
+                        "lastTransitionTime": done, "observedGeneration": 1}]},
+            }))
+            .unwrap()
+        };
+        let other = format!("sha256:{}", "2".repeat(64));
+        let builds = [
+            build("old", &inputs, "Succeeded", "True", "2026-01-01T00:00:00Z"),
+            build("cached", &inputs, "Cached", "True", "2026-02-01T00:00:00Z"),
+            build(
+                "failed",
+                &inputs,
+                "Succeeded",
+                "False",
+                "2026-03-01T00:00:00Z",
+            ),
+            build(
+                "different",
+                &other,
+                "Succeeded",
+                "True",
+                "2026-03-01T00:00:00Z",
+            ),
+        ];
+        let (from, image) = earlier_stage_image(&builds, &inputs).unwrap();
+        assert_eq!(
+            from, "ns/cached",
+            "the newest success, a cached stage included"
+        );
+        assert_eq!(image.image, "r/cached:1");
+        // A stage that was no target pushed nothing to take.
+        let only_base = [build(
+            "old",
+            &inputs,
+            "Succeeded",
+            "True",
+            "2026-01-01T00:00:00Z",
+        )];
+        let mut only_base = only_base;
+        if let Some(s) = only_base[0].status.as_mut() {
+            s.stages[1].inputs = Some(other.clone());
+        }
+        assert!(earlier_stage_image(&only_base, &inputs).is_none());
     }
 
     #[test]

@@ -199,6 +199,11 @@ pub(crate) async fn expire_pods(
     Ok(Action::await_change())
 }
 
+/// Whether any stage of the plan has a pod in `current`.
+pub(crate) fn has_stage_pods(current: &BTreeMap<String, Pod>, owner: &Owner, plan: &Plan) -> bool {
+    (0..plan.stages.len()).any(|i| latest_attempt(current, owner, i).is_some())
+}
+
 /// Stage `i`'s latest pod and its try number.
 fn latest_attempt<'p>(
     current: &'p BTreeMap<String, Pod>,
@@ -591,7 +596,8 @@ fn pull_failure(pod: &Pod) -> Option<(String, String)> {
         })
 }
 
-fn stage_label(plan: &Plan, i: usize) -> String {
+/// A stage's name as status and images give it: its name, or its index.
+pub(crate) fn stage_label(plan: &Plan, i: usize) -> String {
     plan.stages[i].name.clone().unwrap_or_else(|| i.to_string())
 }
 
@@ -1135,7 +1141,7 @@ fn stage_entries(
                 _ => (StageState::Pending, None, None),
             };
             StageStatus {
-                name: plan.stages[i].name.clone().unwrap_or_else(|| i.to_string()),
+                name: stage_label(plan, i),
                 index: i32::try_from(i).unwrap_or(i32::MAX),
                 state,
                 pod: pod.map(|p| p.name_any()),
@@ -1146,6 +1152,8 @@ fn stage_entries(
                 finish_time: finished,
                 cache_hits: hits,
                 message,
+                // The reconcile sets what the generation's first one decided.
+                inputs: None,
             }
         })
         .collect()
