@@ -6,11 +6,12 @@
 //! 3. instruction keys unused for longer than [`Policy::max_age`] (a key's mtime is its last
 //!    use: the executor touches it on a hit);
 //! 4. cache-mount directories unused as long (the executor touches one each time a RUN
-//!    mounts it), unless a RUN holds its lock;
+//!    mounts it), unless a RUN holds its lock, and shared stage exports (`exports/<inputs>/`)
+//!    unused as long (a stage pod that reads or would write one touches its `done` file);
 //! 5. blobs that no remaining key and no running build's stage result names, once older
 //!    than the age limit;
 //! 6. then, while the cache is over [`Policy::max_bytes`], the least recently used of the
-//!    keys, mounts and unreferenced blobs.
+//!    keys, mounts, exports and unreferenced blobs.
 //!
 //! What cannot be removed (a directory a build left unwritable, say) stays and is counted
 //! in the report; the collection goes on with the rest.
@@ -60,6 +61,9 @@ pub struct Report {
     pub blobs: usize,
     /// Cache-mount directories removed.
     pub mounts: usize,
+    /// Shared stage exports removed.
+    #[serde(default)]
+    pub exports: usize,
     /// Bytes freed (file sizes).
     pub freed_bytes: u64,
     /// Bytes the cache holds afterwards.
@@ -208,6 +212,23 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
         }
     }
 
+    // 4b. Shared exports by age; what a running build reads or writes was touched since it
+    // started.
+    let mut exports = export_items(&layout.exports())?;
+    exports.retain(|x| {
+        if x.used < expiry && idle(x.used) {
+            match remove(&x.path) {
+                Ok(bytes) => {
+                    report.exports += 1;
+                    report.freed_bytes += bytes;
+                    return false;
+                }
+                Err(e) => report.failed(e),
+            }
+        }
+        true
+    });
+
     // 5. Blobs no key and no running build names, by age.
     let blobs_dir = layout.blobs().join("sha256");
     let mut referenced: BTreeMap<String, usize> = BTreeMap::new();
@@ -238,6 +259,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
     let mut total = blobs.values().map(|b| b.bytes).sum::<u64>()
         + keys.iter().map(|k| k.bytes).sum::<u64>()
         + kept_mounts.iter().map(|m| m.bytes).sum::<u64>()
+        + exports.iter().map(|x| x.bytes).sum::<u64>()
         + du(&builds_dir)
         + du(&layout.tmp());
     if let Some(limit) = policy.max_bytes
@@ -247,6 +269,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
             Blob(String),
             Key(usize),
             Mount(usize),
+            Export(usize),
         }
         let mut candidates: Vec<(SystemTime, Kind)> = Vec::new();
         for (hex, b) in &blobs {
@@ -257,6 +280,9 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
         }
         for (i, m) in kept_mounts.iter().enumerate() {
             candidates.push((m.used, Kind::Mount(i)));
+        }
+        for (i, x) in exports.iter().enumerate() {
+            candidates.push((x.used, Kind::Export(i)));
         }
         candidates.retain(|(used, _)| idle(*used));
         candidates.sort_by_key(|(used, _)| *used);
@@ -301,6 +327,21 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                             total = total.saturating_sub(m.bytes);
                         }
                         Ok(false) => {}
+                        Err(e) => report.failed(e),
+                    }
+                }
+                Kind::Export(i) => {
+                    let x = &exports[i];
+                    // Touched since the list was taken: a pod reads it now.
+                    if !idle(export_used(&x.path)) {
+                        continue;
+                    }
+                    match remove(&x.path) {
+                        Ok(bytes) => {
+                            report.exports += 1;
+                            report.freed_bytes += bytes;
+                            total = total.saturating_sub(x.bytes);
+                        }
                         Err(e) => report.failed(e),
                     }
                 }
@@ -375,6 +416,25 @@ fn mount_items(dir: &Path) -> Result<Vec<Item>, GcError> {
             path: e.path(),
         })
         .collect())
+}
+
+/// The shared exports under `dir`, each used when it or its `done` file last changed.
+fn export_items(dir: &Path) -> Result<Vec<Item>, GcError> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| Item {
+            used: export_used(&e.path()),
+            bytes: du(&e.path()),
+            path: e.path(),
+        })
+        .collect())
+}
+
+/// A shared export's last use: its `done` file's time (a reader touches it), else the
+/// directory's (a writer's staging directory is made in it).
+fn export_used(path: &Path) -> SystemTime {
+    modified(path).max(modified(&path.join("done")))
 }
 
 /// Removes a cache mount unless a RUN holds its lock; whether it went.
@@ -656,6 +716,47 @@ mod tests {
         assert!(c.blob_exists(&blobs[2]) && c.blob_exists(&blobs[3]));
         assert!(report.bytes <= 3000, "{report:?}");
         assert_eq!(report.over_limit_bytes, 0);
+    }
+
+    #[test]
+    fn shared_exports_go_by_their_last_use_and_never_while_a_running_build_reads_them() {
+        let c = Cache::new();
+        let export = |name: &str, done_age: Option<Duration>, dir_age: Duration| {
+            let dir = c.root().join("exports").join(name);
+            fs::create_dir_all(dir.join("rootfs/bin")).unwrap();
+            fs::write(dir.join("rootfs/bin/tool"), vec![1u8; 500]).unwrap();
+            if let Some(age) = done_age {
+                fs::write(dir.join("done"), b"").unwrap();
+                c.at(&dir.join("done"), age);
+            }
+            c.at(&dir, dir_age);
+            dir
+        };
+        let old = 48 * HOUR;
+        let unused = export("unused", Some(old), old);
+        // Written long ago, read by a pod a minute ago: its done file says so.
+        let read = export("read", Some(Duration::from_secs(60)), old);
+        // A writer's leftover from long ago (no done file).
+        let leftover = export("leftover", None, old);
+        let report = collect(c.root(), &c.policy(HOUR)).unwrap();
+        assert!(!unused.exists() && !leftover.exists());
+        assert!(
+            read.exists(),
+            "in use since the oldest running build started"
+        );
+        assert_eq!(report.exports, 2);
+        assert!(report.freed_bytes >= 1000, "{report:?}");
+        // Over the size limit, the least recently used export goes, but not one in use.
+        let older = export("older", Some(3 * HOUR), old);
+        let newer = export("newer", Some(2 * HOUR), old);
+        let mut policy = c.policy(Duration::from_secs(120));
+        policy.max_bytes = Some(1200);
+        let report = collect(c.root(), &policy).unwrap();
+        assert!(
+            !older.exists() && newer.exists() && read.exists(),
+            "{report:?}"
+        );
+        assert_eq!(report.exports, 1);
     }
 
     #[test]

@@ -78,6 +78,18 @@ pub enum JobError {
     /// The executor could not be set up.
     #[error(transparent)]
     Executor(#[from] ExecutorError),
+    /// An input stage's files, which an earlier build exported and this build reads in
+    /// place of running that stage, are no longer on the cache volume.
+    #[error(
+        "stage {label}'s files, left by an earlier build with the same stage inputs, are gone from the cache volume ({}); that stage must run",
+        path.display()
+    )]
+    InputGone {
+        /// The input stage's name or index.
+        label: String,
+        /// The file that says they are complete.
+        path: PathBuf,
+    },
     /// The stage ran, but its root could not be exported for later stages.
     #[error("exporting the stage's root to {}: {message}", path.display())]
     Export {
@@ -112,6 +124,7 @@ impl JobError {
             JobError::Context(_) => StageReason::SourceReadFailed,
             JobError::Apply { .. } => StageReason::LayerApplyFailed,
             JobError::Export { .. } => StageReason::IoFailed,
+            JobError::InputGone { .. } => StageReason::InputGone,
             JobError::Executor(e) => e.reason(),
         }
     }
@@ -175,6 +188,22 @@ pub fn run_job(
         Some(path) => BuildContext::open_for(&job.context, &job.context.join(path))?,
         None => BuildContext::open(&job.context)?,
     };
+    // Before anything is applied: an input another build left may be gone.
+    for input in &job.stages {
+        if let Some(ready) = &input.ready {
+            if !ready.exists() {
+                return Err(JobError::InputGone {
+                    label: input
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| input.index.to_string()),
+                    path: ready.clone(),
+                });
+            }
+            // Its last use, for garbage collection.
+            crate::gc::touch(ready);
+        }
+    }
     let store = ContentStore::open(&job.cache)?;
     let base = base_image(&store, &job.base)?;
 
@@ -238,9 +267,42 @@ pub fn run_job(
     if outcome.error.is_none()
         && let Some(dest) = &job.export
     {
-        export_root(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+        if job.export_shared {
+            export_shared(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+        } else {
+            export_root(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+        }
     }
     Ok(outcome)
+}
+
+/// The file beside a shared export that says it is complete.
+pub fn export_done(dest: &Path) -> PathBuf {
+    dest.with_file_name("done")
+}
+
+/// Exports the root to a directory shared by every build whose stage has the same inputs
+/// (and so the same files): one that is complete is kept and marked used; else the root is
+/// written beside it and renamed into place, which fails harmlessly when another pod's
+/// complete copy got there first (a directory is only renamed in once whole). `done` is
+/// created after, so a reader that sees it sees every file.
+pub fn export_shared(
+    root: &Path,
+    dest: &Path,
+    own_dirs: &[PathBuf],
+    cache: &Path,
+) -> Result<(), JobError> {
+    let done = export_done(dest);
+    if done.exists() {
+        crate::gc::touch(&done);
+        return Ok(());
+    }
+    write_export(root, dest, own_dirs, cache, false)?;
+    std::fs::File::create(&done).map_err(|e| JobError::Export {
+        path: dest.to_owned(),
+        message: format!("create {}: {e}", done.display()),
+    })?;
+    Ok(())
 }
 
 /// Copies every file of `root` into `dest` (replaced as a whole, through a temporary sibling
@@ -253,6 +315,18 @@ pub fn export_root(
     dest: &Path,
     own_dirs: &[PathBuf],
     cache: &Path,
+) -> Result<(), JobError> {
+    write_export(root, dest, own_dirs, cache, true)
+}
+
+/// Writes the export beside `dest` and renames it into place: over an older one when
+/// `replace`, else only where there is none or an empty directory.
+fn write_export(
+    root: &Path,
+    dest: &Path,
+    own_dirs: &[PathBuf],
+    cache: &Path,
+    replace: bool,
 ) -> Result<(), JobError> {
     let err = |message: String| JobError::Export {
         path: dest.to_owned(),
@@ -305,15 +379,28 @@ pub fn export_root(
     });
     written.map_err(|e| err(e.to_string()))?;
     applied.map_err(|e| err(e.to_string()))?;
-    if dest.exists() {
+    if replace && dest.exists() {
         std::fs::remove_dir_all(dest).map_err(|e| err(format!("remove the old export: {e}")))?;
     }
     let staged = staging.keep();
-    std::fs::rename(&staged, dest).map_err(|e| {
-        let _ = std::fs::remove_dir_all(&staged);
-        err(format!("rename into place: {e}"))
-    })?;
-    Ok(())
+    match std::fs::rename(&staged, dest) {
+        Ok(()) => Ok(()),
+        // Another pod's whole copy is there.
+        Err(e)
+            if !replace
+                && matches!(
+                    e.kind(),
+                    std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::AlreadyExists
+                ) =>
+        {
+            let _ = std::fs::remove_dir_all(&staged);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staged);
+            Err(err(format!("rename into place: {e}")))
+        }
+    }
 }
 
 fn base_image(store: &ContentStore, base: &JobBase) -> Result<BaseImage, JobError> {
@@ -420,5 +507,40 @@ mod tests {
         let err = base_image(&store, &base).err().unwrap();
         assert_eq!(err.reason(), StageReason::StoreFailed);
         assert!(err.to_string().contains("bytes of digest"), "{err}");
+    }
+
+    #[test]
+    fn a_shared_export_is_written_once_and_kept_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::write(root.join("etc/first"), b"1").unwrap();
+        let dest = cache.join("exports/abc/rootfs");
+        // The kubelet makes a missing sub-path as an empty directory: it is no export.
+        std::fs::create_dir_all(&dest).unwrap();
+        export_shared(&root, &dest, &[], &cache).unwrap();
+        assert_eq!(std::fs::read(dest.join("etc/first")).unwrap(), b"1");
+        assert!(export_done(&dest).exists());
+        // A second pod with the same stage inputs keeps the complete one.
+        std::fs::write(root.join("etc/second"), b"2").unwrap();
+        export_shared(&root, &dest, &[], &cache).unwrap();
+        assert!(!dest.join("etc/second").exists());
+        // One that lost the race to rename (a whole copy got there, no done file yet) keeps
+        // that copy and leaves no staging directory behind.
+        std::fs::remove_file(export_done(&dest)).unwrap();
+        export_shared(&root, &dest, &[], &cache).unwrap();
+        assert!(!dest.join("etc/second").exists() && export_done(&dest).exists());
+        let left: Vec<_> = std::fs::read_dir(cache.join("exports/abc"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        // A per-build export is replaced as a whole.
+        let own = cache.join("builds/u/stages/0/rootfs");
+        export_root(&root, &own, &[], &cache).unwrap();
+        std::fs::remove_file(root.join("etc/first")).unwrap();
+        export_root(&root, &own, &[], &cache).unwrap();
+        assert!(!own.join("etc/first").exists() && own.join("etc/second").exists());
     }
 }

@@ -477,7 +477,7 @@ async fn run_or_reuse(
     registry: &stagecoach_oci::registry::RegistryClient,
     build: &ImageBuild,
     namespace: &str,
-    config_map: Option<&str>,
+    fetched: &validate::Fetched,
     owner: &pods::Owner,
     plan: &stagecoach_dockerfile::planner::Plan,
     text: &str,
@@ -486,13 +486,18 @@ async fn run_or_reuse(
 ) -> Result<Ran, Error> {
     let generation = build.metadata.generation.unwrap_or(0);
     let previous = build.status.as_ref();
-    let decision = reuse::decide(
+    let context = reuse::context_view(
+        &build.spec,
+        fetched.config_map_files.as_ref(),
+        commit.as_deref(),
+    );
+    let mut decision = reuse::decide(
         &ctx.client,
         registry,
         build,
         namespace,
-        config_map,
-        commit.as_deref(),
+        fetched.config_map_digest.as_deref(),
+        &context,
         plan,
         text,
         !run::has_stage_pods(current, owner, plan),
@@ -548,14 +553,10 @@ async fn run_or_reuse(
         );
     } else {
         // The targets an earlier build made are not built again, nor what only they need.
-        let reduced;
-        let (run_build, run_plan) = if decision.cached.is_empty() {
-            (build, plan)
-        } else {
+        let without = |cached: &[reuse::CachedTarget]| -> Result<_, Error> {
             let mut spec = build.spec.clone();
             spec.targets.retain(|t| {
-                !decision
-                    .cached
+                !cached
                     .iter()
                     .any(|c| plan.stages[c.stage].name.as_deref() == Some(t.stage.as_str()))
             });
@@ -563,8 +564,26 @@ async fn run_or_reuse(
                 validate::plan_dockerfile(&spec, text).map_err(|e| Error::Plan(e.to_string()))?;
             let mut copy = build.clone();
             copy.spec = spec;
-            reduced = (copy, smaller);
-            (&reduced.0, &reduced.1)
+            Ok((copy, smaller))
+        };
+        let mut reduced = None;
+        if !decision.cached.is_empty() {
+            let (copy, smaller) = without(&decision.cached)?;
+            // A taken target that another target is built from runs anyway: it stays a
+            // target, so that every reconcile of the generation sees the same plan.
+            let runs: std::collections::BTreeSet<usize> =
+                smaller.waves.iter().flatten().copied().collect();
+            let before = decision.cached.len();
+            decision.cached.retain(|c| !runs.contains(&c.stage));
+            reduced = Some(if decision.cached.len() == before {
+                (copy, smaller)
+            } else {
+                without(&decision.cached)?
+            });
+        }
+        let (run_build, run_plan) = match &reduced {
+            Some((copy, smaller)) if !decision.cached.is_empty() => (copy, smaller),
+            _ => (build, plan),
         };
         let with_cached = |stages: Vec<stagecoach_api::StageStatus>| {
             status::pending_stages(plan)
@@ -582,7 +601,35 @@ async fn run_or_reuse(
                 .collect::<Vec<_>>()
         };
         ran.images = decision.cached.iter().map(|c| c.image.clone()).collect();
-        match run::drive(ctx, registry, run_build, namespace, text, run_plan, current).await {
+        // Stages an earlier build exported with the same inputs: their readers read those
+        // files, and they get no pod. Decided once, then kept in status.
+        let free = if decision.fresh {
+            reuse::pod_free(run_plan, |j| {
+                decision
+                    .stage_inputs
+                    .get(j)
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|inputs| decision.known.contains(&inputs))
+            })
+        } else {
+            let needed: std::collections::BTreeSet<usize> =
+                run_plan.waves.iter().flatten().copied().collect();
+            decision
+                .cached_stages
+                .intersection(&needed)
+                .copied()
+                .collect()
+        };
+        let shared = run::Shared {
+            inputs: &decision.stage_inputs,
+            cached: free,
+        };
+        match run::drive(
+            ctx, registry, run_build, namespace, text, run_plan, current, &shared,
+        )
+        .await
+        {
             Ok(verdict) => {
                 ran.images.extend(verdict.images);
                 ran.steps = verdict.steps;
@@ -717,7 +764,7 @@ async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, 
                         &registry,
                         &build,
                         &namespace,
-                        fetched.config_map_digest.as_deref(),
+                        &fetched,
                         &owner,
                         &plan,
                         &text,
@@ -910,6 +957,7 @@ async fn fetch(
             .await
             .map_err(fetch_err(format!("ConfigMap {}", source.name)))?;
         fetched.config_map_digest = map.as_ref().map(reuse::config_map_digest);
+        fetched.config_map_files = map.as_ref().map(reuse::config_map_files);
         fetched.config_map = map.map(|cm| cm.data.unwrap_or_default());
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);

@@ -398,7 +398,8 @@ pub fn declared_secrets<'s>(
 /// The job ConfigMap and the pod of a stage.
 pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError> {
     let owner = input.owner;
-    let name = owner.stage_object(input.index);
+    // One per try: a later try's job may differ (it reads no earlier build's files).
+    let name = owner.stage_attempt(input.index, input.attempt);
     let job_json = serde_json::to_string(input.job).unwrap_or_default();
     let job_map = ConfigMap {
         metadata: meta(owner, &name, Some(input.index)),
@@ -966,6 +967,7 @@ mod tests {
             secrets: vec![],
             options: JobOptions::default(),
             export: None,
+            export_shared: false,
             result: None,
             cache_mounts: Vec::new(),
             wait_for: Vec::new(),
@@ -1271,7 +1273,7 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_is_a_new_pod_on_the_same_job_and_a_fetched_context_is_mounted_in_place() {
+    fn a_retry_is_a_new_pod_with_its_own_job_and_a_fetched_context_is_mounted_in_place() {
         let mounts = plan("FROM busybox\nRUN --mount=type=bind,source=pkg,target=/pkg true\n");
         let owner = owner();
         let spec = spec();
@@ -1303,10 +1305,11 @@ mod tests {
         })
         .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
-        assert_eq!(map.metadata.name.as_deref(), Some("web-g3-s2"));
+        // Its own job: a later try may read no earlier build's files.
+        assert_eq!(map.metadata.name.as_deref(), Some("web-g3-s2-r2"));
         assert_eq!(pod.metadata.labels.as_ref().unwrap()[LABEL_ATTEMPT], "2");
         let spec = serde_json::to_value(pod.spec.unwrap()).unwrap();
-        assert_eq!(spec["volumes"][2]["configMap"]["name"], "web-g3-s2");
+        assert_eq!(spec["volumes"][2]["configMap"]["name"], "web-g3-s2-r2");
         assert!(spec.get("activeDeadlineSeconds").is_none());
         // The kubelet may pull a private base image; no container sees the logins.
         assert_eq!(spec["imagePullSecrets"], json!([{"name": "regcred"}]));

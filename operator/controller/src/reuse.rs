@@ -16,7 +16,7 @@
 //! fetch pod), and `ADD` of a URL without `--checksum` (what it downloads may change).
 //! Secret values and cache-mount contents are not inputs, as in the instruction cache.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt as _;
@@ -160,43 +160,183 @@ struct StageInputs<'a> {
     args: Vec<(&'a str, Option<&'a str>, Option<&'a str>)>,
     /// The proxy args RUN sees without a declaration.
     predefined: Vec<(&'a str, &'a str)>,
-    /// The context's identity, when the stage reads it.
-    context: Option<&'a str>,
+    /// What the stage reads of the context, when it reads any.
+    context: Option<String>,
     stages: Vec<&'a str>,
     images: Vec<(&'a str, &'a str)>,
     secrets: Vec<(&'a str, &'a str, &'a str)>,
 }
 
-/// Whether a stage reads the build context: a `COPY` without `--from`, any `ADD`, or a
-/// `RUN --mount=type=bind` without `from`.
-fn reads_context(stage: &stagecoach_dockerfile::instructions::Stage) -> bool {
-    use stagecoach_dockerfile::instructions::MountType;
-    stage.instructions.iter().any(|i| match &i.instruction {
-        Instruction::Copy(c) => c.from.is_none(),
-        Instruction::Add(_) => true,
-        Instruction::Run(r) => r
-            .mounts
-            .iter()
-            .any(|m| m.kind == MountType::Bind && m.from.is_none()),
-        _ => false,
-    })
+/// What the controller sees of a build's context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContextView {
+    /// Every file, by its path from the context root, with its content's digest (inline and
+    /// ConfigMap sources): a stage's inputs cover only the files it may read.
+    Files(BTreeMap<String, String>),
+    /// An identity for the whole context (a git source: the commit it was fetched at).
+    Whole(String),
+    /// Nothing yet (a git source before its fetch).
+    Unknown,
 }
 
-/// The identity of a build's context: the source and, for git, the commit it was fetched
-/// at (`None` for git before the fetch), with the Dockerfile's path (which picks the
-/// `.dockerignore`).
-pub fn context_identity(
+/// The files of a ConfigMap (`data` and `binaryData`), by path, with their digests.
+pub fn config_map_files(map: &ConfigMap) -> BTreeMap<String, String> {
+    context_files(
+        map.data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()))
+            .chain(
+                map.binary_data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_str(), v.0.as_slice())),
+            ),
+    )
+}
+
+/// Files by path, with their digests.
+fn context_files<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> BTreeMap<String, String> {
+    files
+        .into_iter()
+        .map(|(path, bytes)| {
+            (
+                normal_path(path),
+                stagecoach_protocol::Digest::of_bytes(bytes).to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The view of a build's context: its files when the spec or ConfigMap holds them, the
+/// commit for git.
+pub fn context_view(
     spec: &ImageBuildSpec,
-    config_map: Option<&str>,
+    config_map_files: Option<&BTreeMap<String, String>>,
     commit: Option<&str>,
-) -> Option<String> {
-    let git = matches!(spec.source.kind(), Ok(SourceKind::Git(_)));
-    if git && commit.is_none() {
-        return None;
+) -> ContextView {
+    match spec.source.kind() {
+        Ok(SourceKind::Inline(inline)) => ContextView::Files(context_files(
+            inline.files.iter().map(|(k, v)| (k.as_str(), v.as_bytes())),
+        )),
+        Ok(SourceKind::ConfigMap(_)) => match config_map_files {
+            Some(files) => ContextView::Files(files.clone()),
+            None => ContextView::Unknown,
+        },
+        Ok(SourceKind::Git(git)) => match commit {
+            Some(commit) => ContextView::Whole(format!(
+                "{}@{commit}:{}",
+                git.url,
+                git.sub_path.as_deref().unwrap_or("")
+            )),
+            None => ContextView::Unknown,
+        },
+        Err(_) => ContextView::Unknown,
     }
-    let bytes =
-        serde_json::to_vec(&(&spec.source, config_map, commit, spec.dockerfile.as_str())).ok()?;
-    Some(stagecoach_protocol::Digest::of_bytes(&bytes).to_string())
+}
+
+/// A context path as a relative path without `./`, leading or trailing `/` (empty for the
+/// root).
+fn normal_path(path: &str) -> String {
+    let mut p = path.trim_start_matches('/');
+    while let Some(rest) = p.strip_prefix("./") {
+        p = rest.trim_start_matches('/');
+    }
+    let p = p.trim_end_matches('/');
+    if p == "." {
+        String::new()
+    } else {
+        p.to_string()
+    }
+}
+
+/// The context paths a stage may read (each a file or a directory), or `None` when it may
+/// read anything (`.`, a wildcard, a variable) or `Some(empty)` when it reads nothing: every
+/// `COPY` without `--from`, `ADD` of a local source, and `RUN --mount=type=bind` without
+/// `from`.
+fn context_reads(stage: &stagecoach_dockerfile::instructions::Stage) -> Option<Vec<String>> {
+    use stagecoach_dockerfile::instructions::MountType;
+    let mut sources: Vec<&str> = Vec::new();
+    for located in &stage.instructions {
+        match &located.instruction {
+            Instruction::Copy(c) if c.from.is_none() => {
+                sources.extend(c.transfer.sources.iter().map(String::as_str));
+            }
+            Instruction::Add(a) => sources.extend(
+                a.transfer
+                    .sources
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| !(s.contains("://") || s.starts_with("git@"))),
+            ),
+            Instruction::Run(r) => {
+                for m in &r.mounts {
+                    if m.kind == MountType::Bind && m.from.is_none() {
+                        sources.push(m.source.as_deref().unwrap_or("."));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut reads = Vec::new();
+    for source in sources {
+        // A heredoc is the Dockerfile's own text.
+        if source.starts_with("<<") {
+            continue;
+        }
+        if source.contains(['*', '?', '[', '$', '\\']) {
+            return None;
+        }
+        let path = normal_path(source);
+        if path.is_empty() || path == ".." || path.starts_with("../") {
+            return None;
+        }
+        reads.push(path);
+    }
+    Some(reads)
+}
+
+/// The identity of what a stage reads of the context: `Some(None)` when it reads nothing,
+/// `None` when that is not known.
+fn stage_context(
+    view: &ContextView,
+    stage: &stagecoach_dockerfile::instructions::Stage,
+    dockerfile_path: &str,
+) -> Option<Option<String>> {
+    let reads = context_reads(stage);
+    if reads.as_ref().is_some_and(Vec::is_empty) {
+        return Some(None);
+    }
+    match view {
+        ContextView::Unknown => None,
+        ContextView::Whole(id) => Some(Some(id.clone())),
+        ContextView::Files(files) => {
+            // Which files the context has at all: `.dockerignore` files decide that.
+            let ignore = format!("{}.dockerignore", normal_path(dockerfile_path));
+            let read: Vec<(&String, &String)> = files
+                .iter()
+                .filter(|(path, _)| {
+                    *path == ".dockerignore"
+                        || **path == ignore
+                        || reads.as_ref().is_none_or(|reads| {
+                            reads.iter().any(|r| {
+                                *path == r
+                                    || path
+                                        .strip_prefix(r.as_str())
+                                        .is_some_and(|rest| rest.starts_with('/'))
+                            })
+                        })
+                })
+                .collect();
+            let bytes = serde_json::to_vec(&(dockerfile_path, &read)).ok()?;
+            Some(Some(
+                stagecoach_protocol::Digest::of_bytes(&bytes).to_string(),
+            ))
+        }
+    }
 }
 
 /// Each stage's inputs digest (by index), `None` where an input is not known: an image that
@@ -207,7 +347,7 @@ pub fn stage_inputs(
     spec: &ImageBuildSpec,
     dockerfile: &Dockerfile,
     plan: &Plan,
-    context: Option<&str>,
+    context: &ContextView,
     images: &BTreeMap<String, String>,
 ) -> Vec<Option<String>> {
     use stagecoach_dockerfile::planner::{PREDEFINED_ARGS, PlanOptions, global_env};
@@ -259,11 +399,7 @@ pub fn stage_inputs(
                 .iter()
                 .map(|name| Some((name.as_str(), images.get(name)?.as_str())))
                 .collect::<Option<Vec<_>>>()?;
-            let context = if reads_context(stage) {
-                Some(context?)
-            } else {
-                None
-            };
+            let context = stage_context(context, stage, &spec.dockerfile)?;
             let args = stage
                 .instructions
                 .iter()
@@ -400,6 +536,12 @@ pub(crate) struct Decision {
     pub stage_inputs: Vec<Option<String>>,
     /// Targets whose image an earlier build made, in spec order.
     pub cached: Vec<CachedTarget>,
+    /// Decided now (no stage pod yet), not kept from status.
+    pub fresh: bool,
+    /// Inputs of stages that succeeded in the namespace's builds (when `fresh`).
+    pub known: BTreeSet<String>,
+    /// Stages status says need no pod (when kept).
+    pub cached_stages: BTreeSet<usize>,
 }
 
 /// The inputs of this generation and of each of its stages and, when no stage pod of it
@@ -416,7 +558,7 @@ pub(crate) async fn decide(
     build: &ImageBuild,
     namespace: &str,
     config_map: Option<&str>,
-    commit: Option<&str>,
+    context: &ContextView,
     plan: &Plan,
     dockerfile: &str,
     no_stage_pods_yet: bool,
@@ -426,15 +568,15 @@ pub(crate) async fn decide(
         .status
         .as_ref()
         .filter(|s| s.observed_generation == Some(generation))
-        && (!no_stage_pods_yet
-            || status.source.as_ref().is_some_and(|s| s.inputs.is_some())
+        && (status.source.as_ref().is_some_and(|s| s.inputs.is_some())
             || status.stages.iter().any(|s| s.inputs.is_some()))
     {
         return kept(status, plan);
     }
-    if !no_stage_pods_yet {
-        return Decision::default();
-    }
+    // Decided afresh also when stage pods exist but the status this reconcile sees does not
+    // hold the decision yet (it may be a moment behind): the same inputs give the same
+    // answer, and a decision no status recorded (a controller stopped in between) is not
+    // lost. Only the whole build is never taken once its pods run.
     let Ok(parsed) = Dockerfile::parse(dockerfile) else {
         return Decision::default();
     };
@@ -453,12 +595,10 @@ pub(crate) async fn decide(
             }
         }
     }
-    let context = context_identity(&build.spec, config_map, commit);
     let mut decision = Decision {
-        inputs: None,
-        reuse: None,
-        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context.as_deref(), &images),
-        cached: Vec::new(),
+        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context, &images),
+        fresh: true,
+        ..Decision::default()
     };
     let whole = (static_inputs(&parsed) && images.len() == external_images(plan).len())
         .then(|| inputs_digest(&build.spec, dockerfile, config_map, &images))
@@ -468,13 +608,32 @@ pub(crate) async fn decide(
         .list(&ListParams::default())
         .await
     {
-        Ok(list) => list.items,
+        // Not this generation itself: the list can be newer than the object this reconcile
+        // has (a verdict written a moment ago), and a build is no earlier build of itself.
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|b| {
+                b.metadata.uid != build.metadata.uid
+                    || b.status
+                        .as_ref()
+                        .is_none_or(|s| s.observed_generation != Some(generation))
+            })
+            .collect::<Vec<_>>(),
         Err(e) => {
             tracing::debug!(error = %e, "cannot list the namespace's builds: no reuse");
             return decision;
         }
     };
+    decision.known = builds
+        .iter()
+        .filter_map(|b| b.status.as_ref())
+        .flat_map(|s| &s.stages)
+        .filter(|s| s.state.is_done())
+        .filter_map(|s| s.inputs.clone())
+        .collect();
     if let Some(inputs) = &whole
+        && no_stage_pods_yet
         && let Some(earlier) = earlier_success(&builds, inputs)
         && let Some(placed) = place_all(registry, build, plan, &earlier).await
     {
@@ -514,6 +673,37 @@ pub(crate) async fn decide(
     decision
 }
 
+/// The needed stages of `plan` that get no pod: a stage that is not a target, and either
+/// only such stages read, or `earlier(stage)` says a build with its inputs exported its files
+/// and no running stage starts `FROM` it (a child's pod needs its parent's layers, which only
+/// the parent's own result names). Readers come after what they read, so one pass from the
+/// last stage decides.
+pub fn pod_free(plan: &Plan, earlier: impl Fn(usize) -> bool) -> BTreeSet<usize> {
+    let needed: BTreeSet<usize> = plan.waves.iter().flatten().copied().collect();
+    let mut runs: BTreeSet<usize> = BTreeSet::new();
+    let mut free = BTreeSet::new();
+    for &j in needed.iter().rev() {
+        if plan.targets.contains(&j) {
+            runs.insert(j);
+            continue;
+        }
+        let readers: Vec<usize> = runs
+            .iter()
+            .copied()
+            .filter(|&k| plan.stages[k].depends_on.contains(&j))
+            .collect();
+        let from_child = readers
+            .iter()
+            .any(|&k| plan.stages[k].base == Base::Stage(j));
+        if readers.is_empty() || (earlier(j) && !from_child) {
+            free.insert(j);
+        } else {
+            runs.insert(j);
+        }
+    }
+    free
+}
+
 /// What this generation's first reconcile decided, as its status holds it.
 fn kept(status: &stagecoach_api::ImageBuildStatus, plan: &Plan) -> Decision {
     let mut stage_inputs = vec![None; plan.stages.len()];
@@ -540,9 +730,15 @@ fn kept(status: &stagecoach_api::ImageBuildStatus, plan: &Plan) -> Decision {
         .collect();
     Decision {
         inputs: status.source.as_ref().and_then(|s| s.inputs.clone()),
-        reuse: None,
         stage_inputs,
         cached,
+        cached_stages: status
+            .stages
+            .iter()
+            .filter(|s| s.state == stagecoach_api::StageState::Cached)
+            .filter_map(|s| usize::try_from(s.index).ok())
+            .collect(),
+        ..Decision::default()
     }
 }
 
@@ -663,7 +859,7 @@ mod tests {
     fn keys(
         spec_json: &str,
         text: &str,
-        context: Option<&str>,
+        context: &ContextView,
         busybox: &str,
     ) -> Vec<Option<String>> {
         let spec = spec(spec_json);
@@ -693,57 +889,112 @@ mod tests {
                 r#"{{"source":{{"inline":{{"files":{{"f":"1"}}}}}},"buildArgs":{args},"targets":[{{"stage":"d","image":"r/d:1"}},{{"stage":"b","image":"r/b:1"}}]}}"#
             )
         };
-        let first = keys(&with("{}"), text, Some("ctx1"), "aa");
+        let files = |pairs: &[(&str, &str)]| {
+            ContextView::Files(context_files(pairs.iter().map(|(k, v)| (*k, v.as_bytes()))))
+        };
+        let ctx1 = files(&[("f", "1"), ("./g", "unread")]);
+        let first = keys(&with("{}"), text, &ctx1, "aa");
         assert!(first.iter().all(Option::is_some), "{first:?}");
-        assert_eq!(first, keys(&with("{}"), text, Some("ctx1"), "aa"), "stable");
+        assert_eq!(first, keys(&with("{}"), text, &ctx1, "aa"), "stable");
         let distinct: std::collections::BTreeSet<_> = first.iter().collect();
         assert_eq!(distinct.len(), 4, "every stage has its own");
         // An argument no stage declares changes nothing.
-        assert_eq!(
-            first,
-            keys(&with(r#"{"UNUSED":"1"}"#), text, Some("ctx1"), "aa")
-        );
+        assert_eq!(first, keys(&with(r#"{"UNUSED":"1"}"#), text, &ctx1, "aa"));
         let changed = |other: &[Option<String>]| -> Vec<usize> {
             (0..4).filter(|&i| other[i] != first[i]).collect()
         };
         // A declared one: its stage and the stage that reads it.
         assert_eq!(
-            changed(&keys(&with(r#"{"A":"1"}"#), text, Some("ctx1"), "aa")),
+            changed(&keys(&with(r#"{"A":"1"}"#), text, &ctx1, "aa")),
             [0, 3]
         );
-        // The context: the stage that copies from it, and no other.
-        assert_eq!(changed(&keys(&with("{}"), text, Some("ctx2"), "aa")), [1]);
-        // The base image: the stages on it, and what reads them.
+        // The context: the file a stage copies changes that stage, and no other; a file no
+        // stage reads changes nothing.
+        let ctx2 = files(&[("f", "2"), ("g", "unread")]);
+        assert_eq!(changed(&keys(&with("{}"), text, &ctx2, "aa")), [1]);
+        let ctx3 = files(&[("f", "1"), ("g", "changed"), ("h", "new")]);
         assert_eq!(
-            changed(&keys(&with("{}"), text, Some("ctx1"), "bb")),
-            [0, 1, 3]
+            changed(&keys(&with("{}"), text, &ctx3, "aa")),
+            Vec::<usize>::new()
         );
+        // A .dockerignore decides what the context holds: every stage that reads it.
+        let ignore = files(&[("f", "1"), ("g", "unread"), (".dockerignore", "h")]);
+        assert_eq!(changed(&keys(&with("{}"), text, &ignore, "aa")), [1]);
+        // A directory, `.` and a wildcard read what is under them.
+        for (copy, reads_g) in [
+            ("COPY . /x", true),
+            ("COPY ./ /x", true),
+            ("COPY g* /x", true),
+            ("COPY d/ /x", false),
+        ] {
+            let t = text.replace("COPY f /f", copy);
+            let a = keys(&with("{}"), &t, &ctx1, "aa");
+            let b = keys(&with("{}"), &t, &ctx3, "aa");
+            assert_eq!(a[1] != b[1], reads_g, "{copy}");
+        }
+        let dir = text.replace("COPY f /f", "COPY d /d");
+        let in_d = |v: &str| files(&[("d/x", v), ("dx", "other")]);
+        assert_ne!(
+            keys(&with("{}"), &dir, &in_d("1"), "aa")[1],
+            keys(&with("{}"), &dir, &in_d("2"), "aa")[1]
+        );
+        assert_eq!(
+            keys(&with("{}"), &dir, &in_d("1"), "aa")[1],
+            keys(
+                &with("{}"),
+                &dir,
+                &files(&[("d/x", "1"), ("dx", "changed")]),
+                "aa"
+            )[1],
+            "d is not dx"
+        );
+        // The base image: the stages on it, and what reads them.
+        assert_eq!(changed(&keys(&with("{}"), text, &ctx1, "bb")), [0, 1, 3]);
         // A heredoc's body, which only the parsed instruction holds.
         let body = text.replace("echo c", "echo C");
-        assert_eq!(
-            changed(&keys(&with("{}"), &body, Some("ctx1"), "aa")),
-            [2, 3]
-        );
+        assert_eq!(changed(&keys(&with("{}"), &body, &ctx1, "aa")), [2, 3]);
         // A proxy argument RUN sees without a declaration.
         assert_eq!(
             changed(&keys(
                 &with(r#"{"HTTP_PROXY":"http://p"}"#),
                 text,
-                Some("ctx1"),
+                &ctx1,
                 "aa"
             )),
             [0, 1, 2, 3]
         );
         // A context not known (git before its fetch): only the stages that read it.
-        let unknown = keys(&with("{}"), text, None, "aa");
+        let unknown = keys(&with("{}"), text, &ContextView::Unknown, "aa");
         assert_eq!(unknown[1], None);
         assert_eq!(unknown[0], first[0]);
         assert_eq!(unknown[3], first[3]);
         // A download that may change: that stage and what reads it.
         let url = text.replace("RUN echo $A > /a", "ADD https://example.com/x /a");
-        let url = keys(&with("{}"), &url, Some("ctx1"), "aa");
+        let url = keys(&with("{}"), &url, &ctx1, "aa");
         assert_eq!((url[0].is_none(), url[3].is_none()), (true, true));
         assert_eq!(url[2], first[2]);
+    }
+
+    #[test]
+    fn a_stage_gets_no_pod_when_its_readers_can_read_an_earlier_export_or_need_none() {
+        let text = "FROM busybox AS a\nRUN echo a > /a\n\
+                    FROM busybox AS b\nRUN echo b > /b\n\
+                    FROM b AS c\nRUN echo c > /c\n\
+                    FROM busybox AS app\nCOPY --from=a /a /a\nCOPY --from=c /c /c\n";
+        let spec = spec(r#"{"source":{"inline":{}},"image":"r/app:1"}"#);
+        let plan = crate::validate::plan_dockerfile(&spec, text).unwrap();
+        let free = |earlier: &[usize]| -> Vec<usize> {
+            pod_free(&plan, |j| earlier.contains(&j))
+                .into_iter()
+                .collect()
+        };
+        // c's files are there: b is read only through c, so it needs nothing either.
+        assert_eq!(free(&[0, 1, 2]), [0, 1, 2]);
+        // c must run, and its pod starts FROM b: b's layers come from b's own pod.
+        assert_eq!(free(&[0, 1]), [0]);
+        assert_eq!(free(&[]), Vec::<usize>::new());
+        // The target always runs (an earlier image of it is the other path).
+        assert_eq!(free(&[0, 1, 2, 3]), [0, 1, 2]);
     }
 
     #[test]

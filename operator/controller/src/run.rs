@@ -6,7 +6,7 @@
 //! other pods and fails the build with the reason the stage's exit code and result give.
 //! Pods of older generations are deleted when a newer one is seen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -46,6 +46,8 @@ enum Progress {
     NotStarted,
     Running,
     Succeeded(Box<StageResult>),
+    /// No pod: an earlier build with the same stage inputs exported its files.
+    Cached,
     Failed {
         code: i32,
         result: Option<Box<StageResult>>,
@@ -225,6 +227,7 @@ pub(crate) async fn drive(
     dockerfile_text: &str,
     plan: &Plan,
     current: &BTreeMap<String, Pod>,
+    shared: &Shared<'_>,
 ) -> Result<Verdict, Error> {
     let owner = Owner::of(build);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
@@ -282,6 +285,48 @@ pub(crate) async fn drive(
         progress.insert(i, p);
     }
 
+    // A pod of this generation found the files of an input another build exported gone
+    // (garbage collection removed them): from then on no stage is read from another build's
+    // files, so the stages taken that way run, and the reader's next try waits for them.
+    // Judged from the pods, not from status, which a reconcile may see late.
+    // A reader's later try never reads them either, whatever ended its first: its first
+    // pod's status may not say InputGone to every reconcile that sees the retry.
+    let gone = needed.iter().copied().find(|&i| {
+        let reads_cached = plan.stages[i]
+            .depends_on
+            .iter()
+            .any(|j| shared.cached.contains(j));
+        (reads_cached
+            && (next_attempt.get(&i).is_some_and(|&n| n > 0)
+                || latest_attempt(current, &owner, i).is_some_and(|(n, _)| n > 0)))
+            || (0..MAX_ATTEMPTS).any(|n| {
+                current.get(&owner.stage_attempt(i, n)).is_some_and(|pod| {
+                    match pod_progress(pod, now) {
+                        Progress::Failed {
+                            result: Some(r), ..
+                        } => r.reason == Some(stagecoach_protocol::StageReason::InputGone),
+                        _ => false,
+                    }
+                })
+            })
+    });
+    let shared = &Shared {
+        inputs: shared.inputs,
+        cached: if gone.is_some() {
+            BTreeSet::new()
+        } else {
+            shared.cached.clone()
+        },
+    };
+    if let Some(i) = gone {
+        retry_notes.push(format!(
+            "stage {}: files an earlier build left for it are gone from the cache, so the stages it reads run",
+            stage_label(plan, i)
+        ));
+    }
+    for &i in &shared.cached {
+        progress.insert(i, Progress::Cached);
+    }
     let mut stages = stage_entries(plan, &needed, &progress, current, &owner);
     // Instructions per finished stage, for the cache-miss count.
     let steps: BTreeMap<String, u64> = progress
@@ -352,10 +397,12 @@ pub(crate) async fn drive(
     // Every needed stage, not only the targets: a stage started early reads its inputs'
     // result files on the cache volume, which a RUN could forge, and nothing is pushed
     // before the controller has seen every stage end well by its own pod's status.
-    if needed
-        .iter()
-        .all(|t| matches!(progress.get(t), Some(Progress::Succeeded(_))))
-    {
+    if needed.iter().all(|t| {
+        matches!(
+            progress.get(t),
+            Some(Progress::Succeeded(_) | Progress::Cached)
+        )
+    }) {
         let mut verdict = push_targets(
             ctx, build, namespace, &owner, plan, &progress, current, stages,
         )
@@ -376,10 +423,12 @@ pub(crate) async fn drive(
         .copied()
         .filter(|i| matches!(progress.get(i), Some(Progress::NotStarted)))
         .filter(|&i| {
-            plan.stages[i]
-                .depends_on
-                .iter()
-                .all(|j| matches!(progress.get(j), Some(Progress::Succeeded(_))))
+            plan.stages[i].depends_on.iter().all(|j| {
+                matches!(
+                    progress.get(j),
+                    Some(Progress::Succeeded(_) | Progress::Cached)
+                )
+            })
         })
         .collect();
     let waiting = ready.len().saturating_sub(room);
@@ -416,6 +465,7 @@ pub(crate) async fn drive(
                 i,
                 &progress,
                 &mut resolved,
+                shared,
             )
             .await?;
             // A bind of another stage's files is a volume sub-path mounted at the pod's
@@ -428,7 +478,7 @@ pub(crate) async fn drive(
                 .depends_on
                 .iter()
                 .flat_map(|&j| {
-                    let export = export_sub_path(&owner, j);
+                    let export = export_sub_path(&owner, j, shared).0;
                     let mut keys = vec![(j.to_string(), export.clone())];
                     if let Some(name) = &plan.stages[j].name {
                         keys.push((name.clone(), export));
@@ -513,7 +563,16 @@ pub(crate) async fn drive(
         .values()
         .filter(|p| matches!(p, Progress::Succeeded(_)))
         .count();
-    let mut message = format!("{done} of {} stages built", needed.len());
+    let mut message = format!(
+        "{done} of {} stages built",
+        needed.len() - shared.cached.len()
+    );
+    if !shared.cached.is_empty() {
+        message.push_str(&format!(
+            "; {} read from an earlier build's files",
+            shared.cached.len()
+        ));
+    }
     if waiting > 0 {
         message.push_str(&format!(
             "; {waiting} ready stages wait for room (at most {} pods at once)",
@@ -541,7 +600,12 @@ pub(crate) async fn drive(
 /// a place under the cap), and the stage does not start `FROM` an unfinished stage, whose
 /// layers and config its job must name.
 fn early_start(plan: &Plan, i: usize, progress: &BTreeMap<usize, Progress>) -> bool {
-    let done = |j: &usize| matches!(progress.get(j), Some(Progress::Succeeded(_)));
+    let done = |j: &usize| {
+        matches!(
+            progress.get(j),
+            Some(Progress::Succeeded(_) | Progress::Cached)
+        )
+    };
     let deps = &plan.stages[i].depends_on;
     if deps.iter().all(done) {
         // Ready, not early: started with the ready ones.
@@ -832,8 +896,28 @@ pub(crate) fn context_sub_path(owner: &Owner) -> String {
     )
 }
 
-/// Where stage `i`'s export is, relative to the cache volume.
-fn export_sub_path(owner: &Owner, i: usize) -> String {
+/// What a generation's stages share with other builds': each stage's inputs (by index) and
+/// the stages that get no pod because an earlier build with the same inputs exported their
+/// files (or only such stages and taken targets read them).
+#[derive(Debug, Default)]
+pub(crate) struct Shared<'a> {
+    pub inputs: &'a [Option<String>],
+    pub cached: BTreeSet<usize>,
+}
+
+/// Where stage `i`'s export is, relative to the cache volume, and whether it is shared:
+/// by its inputs when they are known (every build with them writes or reads the same
+/// files), else in the build's own directory.
+fn export_sub_path(owner: &Owner, i: usize, shared: &Shared<'_>) -> (String, bool) {
+    if let Some(Some(inputs)) = shared.inputs.get(i) {
+        let dir = CacheLayout::new("").export(inputs).join("rootfs");
+        return (dir.to_string_lossy().into_owned(), true);
+    }
+    (export_sub_path_own(owner, i), false)
+}
+
+/// Where stage `i`'s export is in the build's own directory, relative to the cache volume.
+fn export_sub_path_own(owner: &Owner, i: usize) -> String {
     format!(
         "builds/{}/stages/{i}/rootfs",
         stagecoach_protocol::layout::escape_id(&owner.uid)
@@ -1138,6 +1222,7 @@ fn stage_entries(
                     )),
                 ),
                 Some(Progress::Running) => (StageState::Running, None, None),
+                Some(Progress::Cached) => (StageState::Cached, None, None),
                 _ => (StageState::Pending, None, None),
             };
             StageStatus {
@@ -1231,6 +1316,7 @@ async fn stage_job(
     i: usize,
     progress: &BTreeMap<usize, Progress>,
     resolved: &mut BTreeMap<String, Resolved>,
+    shared: &Shared<'_>,
 ) -> Result<(StageJob, String, Vec<run_mounts::StepMounts>), Error> {
     let spec = &build.spec;
     // The chain of FROM stages down to the root ancestor, child first.
@@ -1359,7 +1445,16 @@ async fn stage_job(
             .map(|&j| StageInput {
                 index: j,
                 name: plan.stages[j].name.clone(),
-                root: std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, j)),
+                root: std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, j, shared).0),
+                // Files another build left: they must still be there.
+                ready: (shared.cached.contains(&j) && export_sub_path(owner, j, shared).1).then(
+                    || {
+                        stagecoach_builder::job::export_done(
+                            &std::path::Path::new(CACHE_DIR)
+                                .join(export_sub_path(owner, j, shared).0),
+                        )
+                    },
+                ),
             })
             .collect(),
         images,
@@ -1374,7 +1469,9 @@ async fn stage_job(
             own_dirs: vec!["/.stagecoach".into()],
             ..JobOptions::default()
         },
-        export: exported.then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i))),
+        export: exported
+            .then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i, shared).0)),
+        export_shared: exported && export_sub_path(owner, i, shared).1,
         result: Some(result_path(owner, i)),
         cache_mounts: mounts
             .iter()
@@ -1387,7 +1484,12 @@ async fn stage_job(
         wait_for: plan.stages[i]
             .depends_on
             .iter()
-            .filter(|j| !matches!(progress.get(j), Some(Progress::Succeeded(_))))
+            .filter(|j| {
+                !matches!(
+                    progress.get(j),
+                    Some(Progress::Succeeded(_) | Progress::Cached)
+                )
+            })
             .map(|&j| WaitFor {
                 label: stage_label(plan, j),
                 result: result_path(owner, j),

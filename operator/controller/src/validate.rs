@@ -27,6 +27,8 @@ pub struct Fetched {
     pub push_secret_error: Option<String>,
     /// The digest of the ConfigMap source's files (`data` and `binaryData`).
     pub config_map_digest: Option<String>,
+    /// The ConfigMap source's files by path, with their digests.
+    pub config_map_files: Option<BTreeMap<String, String>>,
 }
 
 /// A spec that cannot be built as it is; final until the spec changes.

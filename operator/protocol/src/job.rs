@@ -68,6 +68,11 @@ pub struct StageJob {
     /// `options.ownDirs` are left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<PathBuf>,
+    /// The export is shared by every build whose stage has the same inputs
+    /// (`exports/<inputs>/rootfs`): one that is complete (its `done` file beside it) is kept,
+    /// not replaced, and is marked used; else it is written and `done` created after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub export_shared: bool,
     /// Where the full result goes (a file on the cache volume); the termination message
     /// gets the 4 KiB version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +142,12 @@ pub struct StageInput {
     pub name: Option<String>,
     /// The directory holding its root filesystem.
     pub root: PathBuf,
+    /// A file that must exist before the stage reads `root`: set when the input needed no pod
+    /// in this build and `root` is what an earlier build with the same stage inputs exported
+    /// (garbage collection may have removed it since). Without it the stage fails with
+    /// `InputGone` before its first instruction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<PathBuf>,
 }
 
 /// An external image's files, for `COPY --from=<image>`.

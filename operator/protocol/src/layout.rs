@@ -10,6 +10,8 @@
 //! roots/chains/<chain id>   cache-hit layers as overlay lower directories (local builds)
 //! builds/<build>/context    a build's fetched source (builder pods)
 //! builds/<build>/stages/<i> a stage's full result and exported files (builder pods)
+//! exports/<inputs>/rootfs   a stage's exported files, shared by builds whose stage has
+//!                           the same inputs; `done` beside it once complete
 //! tmp/                      scratch for one step (downloads, read-write bind copies)
 //! work/build-*              a local build's stage roots and runc state, locked while used
 //! ```
@@ -71,6 +73,18 @@ impl CacheLayout {
     /// Local builds' work directories (`work/`).
     pub fn work(&self) -> PathBuf {
         self.root.join("work")
+    }
+
+    /// Stage exports shared across builds (`exports/`).
+    pub fn exports(&self) -> PathBuf {
+        self.root.join("exports")
+    }
+
+    /// The shared export of a stage whose inputs digest is `inputs` (`exports/<hex>`, the
+    /// `sha256:` prefix dropped): `rootfs/` and, once that is complete, `done`.
+    pub fn export(&self, inputs: &str) -> PathBuf {
+        self.exports()
+            .join(escape_id(inputs.strip_prefix("sha256:").unwrap_or(inputs)))
     }
 
     /// Everything of one in-cluster build (`builds/<build>`); `build` is one path component

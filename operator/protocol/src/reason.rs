@@ -114,11 +114,15 @@ pub enum StageReason {
     /// The cache volume is full (writing a layer, a config or an export): every try on it
     /// fails the same way, so the controller does not retry.
     CacheFull,
+    /// The files an earlier build exported for a stage that needed no pod in this one
+    /// (`exports/<inputs>/` on the cache volume) are gone, garbage collection having removed
+    /// them: the controller runs that stage and tries this one again.
+    InputGone,
 }
 
 impl StageReason {
     /// Every stage reason.
-    pub const ALL: [StageReason; 22] = [
+    pub const ALL: [StageReason; 23] = [
         StageReason::RunFailed,
         StageReason::InvalidInstruction,
         StageReason::CopyFailed,
@@ -141,6 +145,7 @@ impl StageReason {
         StageReason::PullFailed,
         StageReason::NoSpace,
         StageReason::CacheFull,
+        StageReason::InputGone,
     ];
 
     /// The reason as results, status and metrics spell it.
@@ -168,6 +173,7 @@ impl StageReason {
             StageReason::PullFailed => "PullFailed",
             StageReason::NoSpace => "NoSpace",
             StageReason::CacheFull => "CacheFull",
+            StageReason::InputGone => "InputGone",
         }
     }
 
@@ -197,7 +203,8 @@ impl StageReason {
             | StageReason::IoFailed
             | StageReason::PullFailed
             | StageReason::NoSpace
-            | StageReason::CacheFull => Some(ExitCode::Infrastructure),
+            | StageReason::CacheFull
+            | StageReason::InputGone => Some(ExitCode::Infrastructure),
         }
     }
 
@@ -228,7 +235,8 @@ impl StageReason {
             | StageReason::IoFailed
             | StageReason::PullFailed
             | StageReason::NoSpace
-            | StageReason::CacheFull => Reason::PodFailed,
+            | StageReason::CacheFull
+            | StageReason::InputGone => Reason::PodFailed,
         }
     }
 

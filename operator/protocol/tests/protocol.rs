@@ -13,7 +13,7 @@ use ExitCode::{BadInput, Infrastructure, InstructionFailed};
 use Reason::{PodFailed, StageFailed};
 
 /// The table the docs (docs/builder.md) show: spelling, exit code, condition.
-const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 22] = [
+const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 23] = [
     (
         StageReason::RunFailed,
         "RunFailed",
@@ -143,6 +143,12 @@ const TABLE: [(StageReason, &str, Option<ExitCode>, Reason); 22] = [
     (
         StageReason::CacheFull,
         "CacheFull",
+        Some(Infrastructure),
+        PodFailed,
+    ),
+    (
+        StageReason::InputGone,
+        "InputGone",
         Some(Infrastructure),
         PodFailed,
     ),
@@ -317,6 +323,7 @@ fn jobs_round_trip_and_refuse_other_versions() {
         secrets: vec![],
         options: Default::default(),
         export: None,
+        export_shared: false,
         result: None,
         cache_mounts: Vec::new(),
         wait_for: Vec::new(),

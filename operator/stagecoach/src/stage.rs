@@ -304,6 +304,7 @@ mod tests {
             secrets: vec![],
             options: JobOptions::default(),
             export: None,
+            export_shared: false,
             result: None,
             cache_mounts: vec![],
             wait_for: results

@@ -67,6 +67,7 @@ fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
             ..JobOptions::default()
         },
         export: None,
+        export_shared: false,
         result: None,
         cache_mounts: Vec::new(),
         wait_for: Vec::new(),
@@ -211,6 +212,7 @@ fn a_stage_runs_in_place_in_a_baseline_container_and_matches_the_local_path() {
             index: 0,
             name: Some("good".into()),
             root: root.to_owned(),
+            ready: None,
         }]
     };
     let mut copier = pod_job(2, "copier");

@@ -418,6 +418,7 @@ impl LocalBuild<'_> {
                     index: j,
                     name: self.plan.stages[j].name.clone(),
                     root: work.stage_root(j),
+                    ready: None,
                 })
                 .collect(),
             images: images
@@ -444,6 +445,7 @@ impl LocalBuild<'_> {
                 ..JobOptions::default()
             },
             export: None,
+            export_shared: false,
             result: None,
             cache_mounts: Vec::new(),
             wait_for: Vec::new(),
