@@ -112,8 +112,9 @@ pub struct StageStatus {
     pub index: i32,
 
     /// Pending (waiting for the stages it needs), Running, Succeeded, Failed, Skipped (not run
-    /// because a stage it needs failed or the build stopped) or Cached (every instruction's
-    /// result came from the cache; no pod ran).
+    /// because a stage it needs failed or the build stopped) or Cached (no pod: an earlier
+    /// build with the same stage inputs made its image or exported its files, or only such
+    /// stages need it; it runs after all when those files turn out to be gone).
     pub state: StageState,
 
     /// The builder pod of the stage's latest attempt.
@@ -147,12 +148,12 @@ pub struct StageStatus {
 
     /// The sha256 of what the stage is made from, as the controller sees it without running
     /// anything: its Dockerfile lines, the build args it declares, the digest of its base
-    /// image, the context when it reads it (the git commit, the inline files or the
-    /// ConfigMap's), the images it copies from and the inputs of the stages it reads. A later
-    /// build in the namespace whose target stage has the same inputs takes that stage's image
-    /// from the registry, and the stages only it needs get no pod (state Cached). Absent when
-    /// they are not all known (an `ADD` of a URL without `--checksum`, an image that did not
-    /// resolve).
+    /// image, the context files it may read (for git, the commit), the images it copies from
+    /// and the inputs of the stages it reads. A later build in the namespace whose target
+    /// stage has the same inputs takes that stage's image from the registry; one whose other
+    /// stage has them reads the files this build exported for it; either gets no pod (state
+    /// Cached). Absent when they are not all known (an `ADD` of a URL without `--checksum`,
+    /// an image that did not resolve).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(equal = 71), pattern(r"^sha256:[0-9a-f]{64}$"))]
     pub inputs: Option<String>,

@@ -216,8 +216,9 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
     // started.
     let mut exports = export_items(&layout.exports())?;
     exports.retain(|x| {
-        if x.used < expiry && idle(x.used) {
-            match remove(&x.path) {
+        // Read again: a reader may have touched it since the list was taken.
+        if x.used < expiry && idle(export_used(&x.path)) {
+            match remove_export(&x.path) {
                 Ok(bytes) => {
                     report.exports += 1;
                     report.freed_bytes += bytes;
@@ -336,7 +337,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
                     if !idle(export_used(&x.path)) {
                         continue;
                     }
-                    match remove(&x.path) {
+                    match remove_export(&x.path) {
                         Ok(bytes) => {
                             report.exports += 1;
                             report.freed_bytes += bytes;
@@ -429,6 +430,13 @@ fn export_items(dir: &Path) -> Result<Vec<Item>, GcError> {
             path: e.path(),
         })
         .collect())
+}
+
+/// Removes a shared export, its `done` file first: a removal cut short must not leave a
+/// partial `rootfs` that says it is complete.
+fn remove_export(path: &Path) -> Result<u64, GcError> {
+    remove_file(&path.join("done"))?;
+    remove(path)
 }
 
 /// A shared export's last use: its `done` file's time (a reader touches it), else the

@@ -104,8 +104,8 @@ impl Owner {
         format!("{}-g{}-s{index}", self.name, self.generation)
     }
 
-    /// The pod of stage `index`'s try `attempt` (the first try is [`Owner::stage_object`];
-    /// all share its job ConfigMap).
+    /// The pod of stage `index`'s try `attempt`, and its job ConfigMap (the first try is
+    /// [`Owner::stage_object`]; each try has its own job, which may differ from the last).
     pub fn stage_attempt(&self, index: usize, attempt: u32) -> String {
         match attempt {
             0 => self.stage_object(index),

@@ -27,8 +27,9 @@ use stagecoach_dockerfile::instructions::{Dockerfile, Instruction};
 use stagecoach_dockerfile::planner::{Base, Plan};
 
 /// Bumped when what the executor makes of the same inputs changes, or what the inputs cover
-/// (2: where the images go is no longer one).
-const INPUTS_VERSION: u32 = 2;
+/// (2: where the images go is no longer one; 3: stage inputs cover only the context files a
+/// stage reads).
+const INPUTS_VERSION: u32 = 3;
 
 /// What the inputs digest is taken over.
 #[derive(Serialize)]
@@ -291,7 +292,12 @@ fn context_reads(stage: &stagecoach_dockerfile::instructions::Stage) -> Option<V
             return None;
         }
         let path = normal_path(source);
-        if path.is_empty() || path == ".." || path.starts_with("../") {
+        // Only plain paths are matched against the files; anything else reads everything.
+        if path.is_empty()
+            || path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
             return None;
         }
         reads.push(path);
@@ -305,8 +311,10 @@ fn stage_context(
     view: &ContextView,
     stage: &stagecoach_dockerfile::instructions::Stage,
     dockerfile_path: &str,
+    triggers: bool,
 ) -> Option<Option<String>> {
-    let reads = context_reads(stage);
+    // ONBUILD triggers run in this stage may read any of the context.
+    let reads = if triggers { None } else { context_reads(stage) };
     if reads.as_ref().is_some_and(Vec::is_empty) {
         return Some(None);
     }
@@ -349,6 +357,7 @@ pub fn stage_inputs(
     plan: &Plan,
     context: &ContextView,
     images: &BTreeMap<String, String>,
+    onbuild: &BTreeSet<String>,
 ) -> Vec<Option<String>> {
     use stagecoach_dockerfile::planner::{PREDEFINED_ARGS, PlanOptions, global_env};
     let global: BTreeMap<String, String> = global_env(
@@ -399,7 +408,18 @@ pub fn stage_inputs(
                 .iter()
                 .map(|name| Some((name.as_str(), images.get(name)?.as_str())))
                 .collect::<Option<Vec<_>>>()?;
-            let context = stage_context(context, stage, &spec.dockerfile)?;
+            // The triggers this stage runs: its base image's, or its parent stage's ONBUILD.
+            let triggers = match &planned.base {
+                Base::Image(image) => onbuild.contains(image),
+                Base::Stage(j) => dockerfile.stages.get(*j).is_none_or(|parent| {
+                    parent
+                        .instructions
+                        .iter()
+                        .any(|l| matches!(l.instruction, Instruction::Onbuild { .. }))
+                }),
+                Base::Scratch => false,
+            };
+            let context = stage_context(context, stage, &spec.dockerfile, triggers)?;
             let args = stage
                 .instructions
                 .iter()
@@ -581,13 +601,19 @@ pub(crate) async fn decide(
         return Decision::default();
     };
     let mut images = BTreeMap::new();
+    let mut onbuild = BTreeSet::new();
     for image in external_images(plan) {
-        let Ok(reference) = stagecoach_oci::registry::ImageRef::parse(&image) else {
-            continue;
-        };
-        match registry.pull_manifest(&reference).await {
-            Ok(pulled) => {
-                images.insert(image, pulled.digest.to_string());
+        match crate::run::resolve(registry, &image).await {
+            Ok(resolved) => {
+                if resolved
+                    .config
+                    .pointer("/config/OnBuild")
+                    .and_then(|t| t.as_array())
+                    .is_some_and(|t| !t.is_empty())
+                {
+                    onbuild.insert(image.clone());
+                }
+                images.insert(image, resolved.manifest.to_string());
             }
             // Only the stages that read it have no inputs.
             Err(e) => {
@@ -596,7 +622,7 @@ pub(crate) async fn decide(
         }
     }
     let mut decision = Decision {
-        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context, &images),
+        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context, &images, &onbuild),
         fresh: true,
         ..Decision::default()
     };
@@ -625,11 +651,14 @@ pub(crate) async fn decide(
             return decision;
         }
     };
+    // Stages whose pods ran, on this build's cache volume: only those may have exported
+    // files (a stage that got no pod wrote none).
     decision.known = builds
         .iter()
+        .filter(|b| claim_of(b) == claim_of(build))
         .filter_map(|b| b.status.as_ref())
         .flat_map(|s| &s.stages)
-        .filter(|s| s.state.is_done())
+        .filter(|s| s.state == stagecoach_api::StageState::Succeeded)
         .filter_map(|s| s.inputs.clone())
         .collect();
     if let Some(inputs) = &whole
@@ -702,6 +731,11 @@ pub fn pod_free(plan: &Plan, earlier: impl Fn(usize) -> bool) -> BTreeSet<usize>
         }
     }
     free
+}
+
+/// The cache claim a build names, `None` for the namespace's default one.
+fn claim_of(build: &ImageBuild) -> Option<&str> {
+    build.spec.cache.as_ref().map(|c| c.claim_name.as_str())
 }
 
 /// What this generation's first reconcile decided, as its status holds it.
@@ -875,6 +909,7 @@ mod tests {
             &plan,
             context,
             &images,
+            &BTreeSet::new(),
         )
     }
 
@@ -932,6 +967,47 @@ mod tests {
             let b = keys(&with("{}"), &t, &ctx3, "aa");
             assert_eq!(a[1] != b[1], reads_g, "{copy}");
         }
+        // Paths that are not plain read everything.
+        for copy in ["COPY d/../g /x", "COPY d//x /x", "COPY d/. /x"] {
+            let t = text.replace("COPY f /f", copy);
+            let a = keys(&with("{}"), &t, &ctx1, "aa");
+            assert_ne!(a[1], keys(&with("{}"), &t, &ctx3, "aa")[1], "{copy}");
+        }
+        // ONBUILD triggers run by a stage may read anything: a parent stage's, and a base
+        // image's.
+        let parent = "FROM busybox AS p\nONBUILD COPY . /x\nFROM p AS q\nRUN true\n";
+        let one = r#"{"source":{"inline":{}},"targets":[{"stage":"q","image":"r/q:1"}]}"#;
+        assert_ne!(
+            keys(one, parent, &ctx1, "aa")[1],
+            keys(one, parent, &ctx3, "aa")[1]
+        );
+        let spec_b = spec(&with("{}"));
+        let plan_b = crate::validate::plan_dockerfile(&spec_b, text).unwrap();
+        let images: BTreeMap<String, String> = [
+            ("busybox".to_string(), "busybox@sha256:aa".to_string()),
+            ("alpine".to_string(), "alpine@sha256:cc".to_string()),
+        ]
+        .into();
+        let with_triggers = |view: &ContextView| {
+            stage_inputs(
+                &spec_b,
+                &Dockerfile::parse(text).unwrap(),
+                &plan_b,
+                view,
+                &images,
+                &["busybox".to_string()].into(),
+            )
+        };
+        assert_ne!(
+            with_triggers(&ctx1)[0],
+            with_triggers(&ctx3)[0],
+            "a reads nothing itself"
+        );
+        assert_eq!(
+            with_triggers(&ctx1)[2],
+            with_triggers(&ctx3)[2],
+            "c is on alpine"
+        );
         let dir = text.replace("COPY f /f", "COPY d /d");
         let in_d = |v: &str| files(&[("d/x", v), ("dx", "other")]);
         assert_ne!(

@@ -32,10 +32,10 @@ use crate::{Context, Error};
 
 /// A resolved base image.
 #[derive(Debug, Clone)]
-struct Resolved {
+pub(crate) struct Resolved {
     pinned: String,
-    manifest: stagecoach_oci::Digest,
-    config: serde_json::Value,
+    pub manifest: stagecoach_oci::Digest,
+    pub config: serde_json::Value,
     working_config: stagecoach_oci::ImageConfig,
     layers: Vec<LayerRecord>,
 }
@@ -1246,7 +1246,7 @@ fn stage_entries(
 
 /// Resolves an image reference to its manifest, config and layers (anonymous pulls; the
 /// registries in `--insecure-registry` over plain HTTP).
-async fn resolve(
+pub(crate) async fn resolve(
     client: &stagecoach_oci::registry::RegistryClient,
     reference: &str,
 ) -> Result<Resolved, Error> {

@@ -683,6 +683,7 @@ fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
         secrets: vec![],
         options: JobOptions::default(),
         export: None,
+        export_shared: false,
         result: Some(
             CacheLayout::new(common::POD_CACHE)
                 .build_stage("b", stage)
