@@ -237,6 +237,7 @@ fn log_report(namespace: &str, claim: &str, pod: &Pod) {
             keys = r.keys,
             blobs = r.blobs,
             mounts = r.mounts,
+            exports = r.exports,
             freed_bytes = r.freed_bytes,
             bytes = r.bytes,
             over_limit_bytes = r.over_limit_bytes,

@@ -661,23 +661,17 @@ async fn run_or_reuse(
                     };
                     ran.reason = Reason::ResolveFailed;
                     ran.message = format!("{e}{gave_up}");
-                    ran.stages = with_cached(status::stages_kept(
-                        run_plan,
-                        previous,
-                        generation,
-                        StageState::Skipped,
-                    ));
                 } else {
                     ran.retry_after = Some(backoff(ctx, build));
                     ran.reason = Reason::Pending;
                     ran.message = format!("{e}; retrying");
-                    ran.stages = with_cached(status::stages_kept(
-                        run_plan,
-                        previous,
-                        generation,
-                        StageState::Pending,
-                    ));
                 }
+                let rest = if ran.reason == Reason::Pending {
+                    StageState::Pending
+                } else {
+                    StageState::Skipped
+                };
+                ran.stages = with_cached(status::stages_kept(run_plan, previous, generation, rest));
             }
             Err(e) => return Err(e),
         }

@@ -107,6 +107,20 @@ pub fn config_map_digest(map: &ConfigMap) -> String {
     stagecoach_protocol::Digest::of_bytes(&bytes).to_string()
 }
 
+/// Each build secret's id and the name and key of its Secret (never its value).
+fn secret_refs(spec: &ImageBuildSpec) -> Vec<(&str, &str, &str)> {
+    spec.secrets
+        .iter()
+        .map(|s| {
+            (
+                s.id.as_str(),
+                s.secret_key_ref.name.as_str(),
+                s.secret_key_ref.key.as_str(),
+            )
+        })
+        .collect()
+}
+
 /// The inputs digest of a build, or `None` when its inputs are not all known (a git source).
 /// `images` maps each external image to what it resolves to now.
 pub fn inputs_digest(
@@ -127,17 +141,7 @@ pub fn inputs_digest(
         dockerfile,
         build_args: &spec.build_args,
         targets: spec.targets.iter().map(|t| t.stage.as_str()).collect(),
-        secrets: spec
-            .secrets
-            .iter()
-            .map(|s| {
-                (
-                    s.id.as_str(),
-                    s.secret_key_ref.name.as_str(),
-                    s.secret_key_ref.key.as_str(),
-                )
-            })
-            .collect(),
+        secrets: secret_refs(spec),
         images,
     };
     let bytes = serde_json::to_vec(&inputs).ok()?;
@@ -369,17 +373,7 @@ pub fn stage_inputs(
     )
     .map(|env| env.into_iter().collect())
     .unwrap_or_default();
-    let secrets: Vec<(&str, &str, &str)> = spec
-        .secrets
-        .iter()
-        .map(|s| {
-            (
-                s.id.as_str(),
-                s.secret_key_ref.name.as_str(),
-                s.secret_key_ref.key.as_str(),
-            )
-        })
-        .collect();
+    let secrets = secret_refs(spec);
     let mut out: Vec<Option<String>> = Vec::with_capacity(plan.stages.len());
     for (i, planned) in plan.stages.iter().enumerate() {
         let key = (|| {

@@ -42,11 +42,12 @@ pub fn run(args: &GcArgs) -> Result<(), stagecoach_builder::gc::GcError> {
     let started = std::time::Instant::now();
     let report = stagecoach_builder::gc::collect(&args.cache, &policy)?;
     tracing::info!(
-        "[gc] removed {} builds, {} keys, {} blobs, {} mounts ({} bytes) in {:.1}s; {} bytes left{}{}",
+        "[gc] removed {} builds, {} keys, {} blobs, {} mounts, {} exports ({} bytes) in {:.1}s; {} bytes left{}{}",
         report.builds,
         report.keys,
         report.blobs,
         report.mounts,
+        report.exports,
         report.freed_bytes,
         started.elapsed().as_secs_f64(),
         report.bytes,
