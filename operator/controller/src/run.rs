@@ -291,24 +291,33 @@ pub(crate) async fn drive(
     // Judged from the pods, not from status, which a reconcile may see late.
     // A reader's later try never reads them either, whatever ended its first: its first
     // pod's status may not say InputGone to every reconcile that sees the retry.
-    let gone = needed.iter().copied().find(|&i| {
-        let reads_cached = plan.stages[i]
+    let input_gone = |i: usize| {
+        (0..MAX_ATTEMPTS).any(|n| {
+            current.get(&owner.stage_attempt(i, n)).is_some_and(|pod| {
+                match pod_progress(pod, now) {
+                    Progress::Failed {
+                        result: Some(r), ..
+                    } => r.reason == Some(stagecoach_protocol::StageReason::InputGone),
+                    _ => false,
+                }
+            })
+        })
+    };
+    let later_try = |i: usize| {
+        plan.stages[i]
             .depends_on
             .iter()
-            .any(|j| shared.cached.contains(j));
-        (reads_cached
+            .any(|j| shared.cached.contains(j))
             && (next_attempt.get(&i).is_some_and(|&n| n > 0)
-                || latest_attempt(current, &owner, i).is_some_and(|(n, _)| n > 0)))
-            || (0..MAX_ATTEMPTS).any(|n| {
-                current.get(&owner.stage_attempt(i, n)).is_some_and(|pod| {
-                    match pod_progress(pod, now) {
-                        Progress::Failed {
-                            result: Some(r), ..
-                        } => r.reason == Some(stagecoach_protocol::StageReason::InputGone),
-                        _ => false,
-                    }
-                })
-            })
+                || latest_attempt(current, &owner, i).is_some_and(|(n, _)| n > 0))
+    };
+    // The stage, and whether its pod said the files were gone (else it is on a later try).
+    let gone = needed.iter().copied().find_map(|i| {
+        if input_gone(i) {
+            Some((i, true))
+        } else {
+            later_try(i).then_some((i, false))
+        }
     });
     let shared = &Shared {
         inputs: shared.inputs,
@@ -318,11 +327,16 @@ pub(crate) async fn drive(
             shared.cached.clone()
         },
     };
-    if let Some(i) = gone {
-        retry_notes.push(format!(
+    match gone {
+        Some((i, true)) => retry_notes.push(format!(
             "stage {}: files an earlier build left for it are gone from the cache, so the stages it reads run",
             stage_label(plan, i)
-        ));
+        )),
+        Some((i, false)) => retry_notes.push(format!(
+            "stage {}: a later try reads no earlier build's files, so the stages it reads run",
+            stage_label(plan, i)
+        )),
+        None => {}
     }
     for &i in &shared.cached {
         progress.insert(i, Progress::Cached);
