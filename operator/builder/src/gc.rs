@@ -192,7 +192,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
     });
 
     // 4. Mounts by age.
-    let mut mounts = mount_items(&layout.mounts())?;
+    let mut mounts = dir_items(&layout.mounts(), modified)?;
     let mut kept_mounts = Vec::new();
     for m in mounts.drain(..) {
         if m.used >= expiry {
@@ -214,7 +214,7 @@ pub fn collect(root: &Path, policy: &Policy) -> Result<Report, GcError> {
 
     // 4b. Shared exports by age; what a running build reads or writes was touched since it
     // started.
-    let mut exports = export_items(&layout.exports())?;
+    let mut exports = dir_items(&layout.exports(), export_used)?;
     exports.retain(|x| {
         // Read again: a reader may have touched it since the list was taken.
         if x.used < expiry && idle(export_used(&x.path)) {
@@ -406,26 +406,14 @@ fn list_items(dir: &Path) -> Result<Vec<Item>, GcError> {
         .collect())
 }
 
-/// The cache-mount directories (their `.lock` files go with them).
-fn mount_items(dir: &Path) -> Result<Vec<Item>, GcError> {
+/// The directories under `dir`, each last used when `used` says: cache mounts (their `.lock`
+/// files go with them) and shared exports.
+fn dir_items(dir: &Path, used: fn(&Path) -> SystemTime) -> Result<Vec<Item>, GcError> {
     Ok(list(dir)?
         .into_iter()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| Item {
-            used: modified(&e.path()),
-            bytes: du(&e.path()),
-            path: e.path(),
-        })
-        .collect())
-}
-
-/// The shared exports under `dir`, each used when it or its `done` file last changed.
-fn export_items(dir: &Path) -> Result<Vec<Item>, GcError> {
-    Ok(list(dir)?
-        .into_iter()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| Item {
-            used: export_used(&e.path()),
+            used: used(&e.path()),
             bytes: du(&e.path()),
             path: e.path(),
         })

@@ -70,21 +70,22 @@ pub fn external_images(plan: &Plan) -> Vec<String> {
 /// Whether every input is known without running anything: no `ADD` of a URL (or of a
 /// source a variable could make one) without `--checksum`.
 pub fn static_inputs(dockerfile: &Dockerfile) -> bool {
-    dockerfile
-        .stages
-        .iter()
-        .flat_map(|s| &s.instructions)
-        .all(|i| match &i.instruction {
-            Instruction::Add(add) => {
-                add.checksum.is_some()
-                    || add
-                        .transfer
-                        .sources
-                        .iter()
-                        .all(|s| !(s.contains("://") || s.starts_with("git@") || s.contains('$')))
-            }
-            _ => true,
-        })
+    dockerfile.stages.iter().all(static_stage)
+}
+
+/// [`static_inputs`] for one stage.
+fn static_stage(stage: &stagecoach_dockerfile::instructions::Stage) -> bool {
+    stage.instructions.iter().all(|i| match &i.instruction {
+        Instruction::Add(add) => {
+            add.checksum.is_some()
+                || add
+                    .transfer
+                    .sources
+                    .iter()
+                    .all(|s| !(s.contains("://") || s.starts_with("git@") || s.contains('$')))
+        }
+        _ => true,
+    })
 }
 
 /// The digest of a ConfigMap's files, `data` and `binaryData` alike.
@@ -378,11 +379,7 @@ pub fn stage_inputs(
     for (i, planned) in plan.stages.iter().enumerate() {
         let key = (|| {
             let stage = dockerfile.stages.get(i)?;
-            let single = Dockerfile {
-                stages: vec![stage.clone()],
-                ..dockerfile.clone()
-            };
-            if !static_inputs(&single) {
+            if !static_stage(stage) {
                 return None;
             }
             // Stages only read earlier stages, whose inputs are known by now.
@@ -596,7 +593,8 @@ pub(crate) async fn decide(
     };
     let mut images = BTreeMap::new();
     let mut onbuild = BTreeSet::new();
-    for image in external_images(plan) {
+    let external = external_images(plan);
+    for image in external.iter().cloned() {
         match crate::run::resolve(registry, &image).await {
             Ok(resolved) => {
                 if resolved
@@ -620,7 +618,7 @@ pub(crate) async fn decide(
         fresh: true,
         ..Decision::default()
     };
-    let whole = (static_inputs(&parsed) && images.len() == external_images(plan).len())
+    let whole = (static_inputs(&parsed) && images.len() == external.len())
         .then(|| inputs_digest(&build.spec, dockerfile, config_map, &images))
         .flatten();
     decision.inputs = whole.clone();

@@ -1456,19 +1456,17 @@ async fn stage_job(
         stages: plan.stages[i]
             .depends_on
             .iter()
-            .map(|&j| StageInput {
-                index: j,
-                name: plan.stages[j].name.clone(),
-                root: std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, j, shared).0),
-                // Files another build left: they must still be there.
-                ready: (shared.cached.contains(&j) && export_sub_path(owner, j, shared).1).then(
-                    || {
-                        stagecoach_builder::job::export_done(
-                            &std::path::Path::new(CACHE_DIR)
-                                .join(export_sub_path(owner, j, shared).0),
-                        )
-                    },
-                ),
+            .map(|&j| {
+                let (sub_path, is_shared) = export_sub_path(owner, j, shared);
+                let root = std::path::Path::new(CACHE_DIR).join(sub_path);
+                StageInput {
+                    index: j,
+                    name: plan.stages[j].name.clone(),
+                    // Files another build left: they must still be there.
+                    ready: (shared.cached.contains(&j) && is_shared)
+                        .then(|| stagecoach_builder::job::export_done(&root)),
+                    root,
+                }
             })
             .collect(),
         images,
