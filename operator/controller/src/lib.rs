@@ -24,7 +24,7 @@ mod source;
 pub mod status;
 pub mod validate;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +82,10 @@ pub struct Settings {
     /// How long the registry of an image the build starts from may stay unreachable before
     /// the build fails with `ResolveFailed`.
     pub unreachable_registry_timeout: Duration,
+    /// Names the operator image's binary on a cache volume (`bin/<key>`), so that stage
+    /// pods run it from there without an init container (`None`: every stage pod copies it
+    /// in an init container).
+    pub binary_key: Option<String>,
 }
 
 impl Default for Settings {
@@ -101,6 +105,7 @@ impl Default for Settings {
             cache_gc: gc::GcSettings::default(),
             max_context_bytes: Some(4 << 30),
             unreachable_registry_timeout: Duration::from_secs(120),
+            binary_key: None,
         }
     }
 }
@@ -124,6 +129,10 @@ pub struct Context {
     /// The cluster's nodes, for whether stage pods can run in a user namespace (`None` with
     /// `--user-namespaces=off`: not watched).
     nodes: Option<kube::runtime::reflector::Store<Node>>,
+    /// The cache claims (`namespace/claim`) known to hold the binary at `bin/<key>`: a stage
+    /// pod that installed it got past its init container. Kept in memory only: after a
+    /// restart the first pods on a claim install it again.
+    binaries: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Context {
@@ -291,6 +300,7 @@ pub async fn run(
         settings,
         failures: Arc::new(Mutex::new(HashMap::new())),
         sources: Arc::new(Mutex::new(HashMap::new())),
+        binaries: Arc::new(Mutex::new(HashSet::new())),
         metrics: Arc::new(metrics::Metrics::default()),
         nodes,
     });

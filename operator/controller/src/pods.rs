@@ -26,9 +26,11 @@ use stagecoach_protocol::layout::escape_id;
 pub const BIN_DIR: &str = "/.stagecoach/bin";
 /// The job's directory (a ConfigMap volume).
 pub const SPEC_DIR: &str = "/.stagecoach/spec";
-/// The build context's plain copy (an emptyDir the init container fills).
+/// The build context's plain copy (an emptyDir the init container, or the stage process
+/// when the pod has none, fills).
 pub const CONTEXT_DIR: &str = "/.stagecoach/context";
-/// Where the init container sees the context's projected volume.
+/// Where the context's projected volume is mounted (in the init container, or in the stage
+/// container when the pod has none).
 pub const SOURCE_DIR: &str = "/.stagecoach/source";
 /// Where a stage pod unpacks the images `COPY --from` reads (inside the executor's own
 /// directory, so never in a layer).
@@ -354,7 +356,33 @@ pub struct StagePod<'a> {
     /// Whether every node can mount the cache claim (ReadWriteMany): then the build's stage
     /// pods prefer different nodes, so that a wave's stages run side by side.
     pub spread: bool,
+    /// Where the stage container's copy of the stagecoach binary comes from.
+    pub binary: Binary<'a>,
 }
+
+/// Where a stage pod's stagecoach binary comes from: the stage container's image is the
+/// stage's base, which does not have it. An init container costs a pod start about a
+/// second (the kubelet starts the next container only at its next relist of the runtime), so
+/// once the cache volume holds the binary, a pod runs it from there and has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary<'a> {
+    /// The init container copies it into an emptyDir of the pod.
+    Copied,
+    /// The init container installs it on the cache volume at `bin/<key>`, for this pod and
+    /// the later ones on the claim.
+    Install(&'a str),
+    /// It is on the cache volume at `bin/<key>`: no init container, unless the context has
+    /// to be in place before the stage container starts (a `RUN --mount=type=bind` from it).
+    Installed(&'a str),
+}
+
+/// Where a binary key's copy is on the cache volume.
+pub fn binary_sub_path(key: &str) -> String {
+    format!("bin/{key}")
+}
+
+/// The annotation on a stage pod whose init container installs the binary: its key.
+pub const ANNOTATION_INSTALLS: &str = "stagecoach.dev/installs-binary";
 
 /// Declared build secrets by the Secret that holds them.
 pub type SecretsBySecret<'s> = BTreeMap<&'s str, Vec<&'s BuildSecret>>;
@@ -409,26 +437,46 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
 
     let mut volumes = vec![
         json!({"name": "cache", "persistentVolumeClaim": {"claimName": input.cache_claim}}),
-        json!({"name": "bin", "emptyDir": {}}),
         json!({"name": "spec", "configMap": {"name": name}}),
     ];
-    let mut init_mounts = vec![json!({"name": "bin", "mountPath": BIN_DIR})];
-    let mut prepare = vec![
-        "/stagecoach".to_string(),
-        "prepare".into(),
-        "--binary-to".into(),
-        BIN_DIR.into(),
-    ];
+    let bin_mount = |read_only: bool| match input.binary {
+        Binary::Copied => json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": read_only}),
+        Binary::Install(key) | Binary::Installed(key) => json!({"name": "cache",
+            "mountPath": BIN_DIR, "subPath": binary_sub_path(key), "readOnly": read_only}),
+    };
+    if input.binary == Binary::Copied {
+        volumes.insert(1, json!({"name": "bin", "emptyDir": {}}));
+    }
     // The context: read-only where it already is on the cache volume, else a plain copy the
-    // init container makes (a projected ConfigMap is a tree of symlinks).
+    // init container (or the stage process) makes (a projected ConfigMap is a tree of
+    // symlinks).
     let cache_context = match input.context {
         Some(ContextSource::Cache(dir)) => Some(dir.as_str()),
         _ => None,
     };
+    // A bind mount from a copied context is a subPath of the copy, which must exist before
+    // the stage container starts: only an init container can make it.
+    let binds_context = input
+        .mounts
+        .iter()
+        .flat_map(|s| &s.mounts)
+        .any(|m| matches!(m, MountNeed::Bind { from: None, .. }));
+    let init =
+        !matches!(input.binary, Binary::Installed(_)) || (cache_context.is_none() && binds_context);
+    let mut init_mounts = vec![];
+    let mut prepare = vec!["/stagecoach".to_string(), "prepare".into()];
+    if !matches!(input.binary, Binary::Installed(_)) {
+        init_mounts.push(bin_mount(false));
+        prepare.extend(["--binary-to".to_string(), BIN_DIR.into()]);
+    }
+    // The stage process's own copy step, when the pod has no init container.
+    let mut copy_args: Vec<String> = vec![];
     if cache_context.is_none() {
         volumes.push(json!({"name": "context", "emptyDir": {}}));
-        init_mounts.push(json!({"name": "context", "mountPath": CONTEXT_DIR}));
-        prepare.extend(["--context-to".to_string(), CONTEXT_DIR.to_string()]);
+        if init {
+            init_mounts.push(json!({"name": "context", "mountPath": CONTEXT_DIR}));
+            prepare.extend(["--context-to".to_string(), CONTEXT_DIR.to_string()]);
+        }
     }
     let source_volume = match input.context {
         Some(ContextSource::Inline { name, items }) => {
@@ -442,10 +490,22 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         }
         Some(ContextSource::Cache(_)) | None => None,
     };
+    let source_mount = json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true});
+    let mut stage_source_mount = None;
     if let Some(volume) = source_volume {
         volumes.push(volume);
-        init_mounts.push(json!({"name": "source", "mountPath": SOURCE_DIR, "readOnly": true}));
-        prepare.extend(["--context-from".to_string(), SOURCE_DIR.to_string()]);
+        if init {
+            init_mounts.push(source_mount);
+            prepare.extend(["--context-from".to_string(), SOURCE_DIR.to_string()]);
+        } else {
+            stage_source_mount = Some(source_mount);
+            copy_args.extend([
+                "--context-from".to_string(),
+                SOURCE_DIR.to_string(),
+                "--context-to".to_string(),
+                CONTEXT_DIR.to_string(),
+            ]);
+        }
     }
     // A read-only mount of the context, or of `sub` in it.
     let context_mount = |target: &str, sub: &str| -> Value {
@@ -469,10 +529,16 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     };
     let mut mounts = vec![
         json!({"name": "cache", "mountPath": CACHE_DIR}),
-        json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": true}),
-        context_mount(CONTEXT_DIR, ""),
+        bin_mount(true),
+        // Without an init container the stage process fills the copy itself.
+        if cache_context.is_none() && !init {
+            json!({"name": "context", "mountPath": CONTEXT_DIR})
+        } else {
+            context_mount(CONTEXT_DIR, "")
+        },
         json!({"name": "spec", "mountPath": SPEC_DIR, "readOnly": true}),
     ];
+    mounts.extend(stage_source_mount);
     // The declared secrets this stage's RUN steps ask for, one Secret volume per Secret.
     let (by_secret, _) = declared_secrets(input.spec, input.mounts);
     for (n, (secret, ids)) in by_secret.iter().enumerate() {
@@ -579,16 +645,23 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
 
     let restricted = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
         "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "readOnlyRootFilesystem": true});
+    let mut command = vec![
+        format!("{BIN_DIR}/stagecoach"),
+        "stage".into(),
+        "--spec".into(),
+        format!("{SPEC_DIR}/job.json"),
+    ];
+    command.extend(copy_args);
     let mut stage = json!({
         "name": "stage",
         "image": input.image,
-        "command": [format!("{BIN_DIR}/stagecoach"), "stage", "--spec", format!("{SPEC_DIR}/job.json")],
+        "command": command,
         // The executor is root in its container; the base image's USER applies to RUN steps.
         "securityContext": {"runAsUser": 0, "runAsGroup": 0, "privileged": false},
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
         // For the executor's own pulls (COPY --from=<image>): the operator image's CA
-        // certificates, which the init container copies; RUN steps get only the image's env.
+        // certificates, which go along with the binary; RUN steps get only the image's env.
         "env": [{"name": "SSL_CERT_FILE", "value": format!("{BIN_DIR}/ca-certificates.crt")}],
     });
     if let Some(resources) = input
@@ -604,16 +677,26 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-        "initContainers": [{
-            "name": "prepare",
-            "image": input.operator_image,
-            "command": prepare,
-            "securityContext": restricted,
-            "volumeMounts": init_mounts,
-        }],
         "containers": [stage],
         "volumes": volumes,
     });
+    if init {
+        // Installing writes the cache volume, whose directories are root's: uid 0, still
+        // without any capability.
+        let security = if matches!(input.binary, Binary::Install(_)) {
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]},
+                "runAsUser": 0, "runAsGroup": 0, "readOnlyRootFilesystem": true})
+        } else {
+            restricted
+        };
+        pod_spec["initContainers"] = json!([{
+            "name": "prepare",
+            "image": input.operator_image,
+            "command": prepare,
+            "securityContext": security,
+            "volumeMounts": init_mounts,
+        }]);
+    }
     if !input.spec.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(input.spec.node_selector);
     }
@@ -658,13 +741,15 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         labels.insert(LABEL_ATTEMPT.into(), input.attempt.to_string());
     }
     // An annotation, not a label: a Dockerfile's stage name need not be a valid label value.
-    metadata.annotations = Some(
-        [(
-            "stagecoach.dev/stage-name".to_string(),
-            input.label.to_string(),
-        )]
-        .into(),
-    );
+    let mut annotations: BTreeMap<String, String> = [(
+        "stagecoach.dev/stage-name".to_string(),
+        input.label.to_string(),
+    )]
+    .into();
+    if let Binary::Install(key) = input.binary {
+        annotations.insert(ANNOTATION_INSTALLS.into(), key.to_string());
+    }
+    metadata.annotations = Some(annotations);
     let pod = Pod {
         metadata,
         spec: serde_json::from_value(pod_spec).ok(),
@@ -1040,6 +1125,7 @@ mod tests {
             defaults: &BuilderDefaults::default(),
             host_users: None,
             spread: false,
+            binary: Binary::Copied,
         };
         let (map, pod) = stage_pod(&input).unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s1"));
@@ -1136,6 +1222,7 @@ mod tests {
                 defaults,
                 host_users,
                 spread: false,
+                binary: Binary::Copied,
             })
             .unwrap();
             serde_json::to_value(pod.spec.unwrap()).unwrap()
@@ -1165,6 +1252,128 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_runs_the_binary_from_the_cache_volume_once_it_is_installed_there() {
+        let (owner, job, spec) = (owner(), job(), spec());
+        let exports = BTreeMap::new();
+        let defaults = BuilderDefaults::default();
+        let inline = ContextSource::Inline {
+            name: "ctx".into(),
+            items: vec![("k0".into(), "a.txt".into())],
+        };
+        let pod_for = |dockerfile: &str, context: &ContextSource, binary| {
+            let mounts = plan(dockerfile);
+            let (_, pod) = stage_pod(&StagePod {
+                owner: &owner,
+                spec: &spec,
+                index: 0,
+                label: "0",
+                image: "i",
+                operator_image: "o",
+                cache_claim: "c",
+                job: &job,
+                mounts: &mounts,
+                context: Some(context),
+                stage_exports: &exports,
+                attempt: 0,
+                deadline_seconds: None,
+                defaults: &defaults,
+                host_users: None,
+                spread: false,
+                binary,
+            })
+            .unwrap();
+            (
+                serde_json::to_value(pod.spec.unwrap()).unwrap(),
+                pod.metadata.annotations.unwrap_or_default(),
+            )
+        };
+        let mount_at = |container: &Value, path: &str| -> Value {
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["mountPath"] == path)
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        let plain = "FROM busybox\nCOPY a.txt /\nRUN true\n";
+
+        // Installing: the init container writes bin/<key> on the cache volume as uid 0
+        // without capabilities, and the pod says which key it installs.
+        let (pod, annotations) = pod_for(plain, &inline, Binary::Install("k1"));
+        let init = &pod["initContainers"][0];
+        assert_eq!(
+            mount_at(init, BIN_DIR),
+            json!({"name": "cache", "mountPath": BIN_DIR, "subPath": "bin/k1", "readOnly": false})
+        );
+        assert_eq!(init["securityContext"]["runAsUser"], 0);
+        assert_eq!(
+            init["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
+        assert_eq!(
+            annotations.get(ANNOTATION_INSTALLS).map(String::as_str),
+            Some("k1")
+        );
+        assert_eq!(mount_at(&pod["containers"][0], BIN_DIR)["readOnly"], true);
+
+        // Installed: no init container; the stage process copies the context itself from the
+        // projected volume into the (writable) emptyDir.
+        let (pod, annotations) = pod_for(plain, &inline, Binary::Installed("k1"));
+        assert!(pod.get("initContainers").is_none(), "{pod}");
+        assert!(!annotations.contains_key(ANNOTATION_INSTALLS));
+        let stage = &pod["containers"][0];
+        assert_eq!(
+            mount_at(stage, BIN_DIR),
+            json!({"name": "cache", "mountPath": BIN_DIR, "subPath": "bin/k1", "readOnly": true})
+        );
+        assert_eq!(mount_at(stage, SOURCE_DIR)["readOnly"], true);
+        assert_eq!(
+            mount_at(stage, CONTEXT_DIR),
+            json!({"name": "context", "mountPath": CONTEXT_DIR})
+        );
+        let command: Vec<String> = serde_json::from_value(stage["command"].clone()).unwrap();
+        assert_eq!(
+            command[4..],
+            ["--context-from", SOURCE_DIR, "--context-to", CONTEXT_DIR]
+        );
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|v| v["name"] != "bin")
+        );
+
+        // A bind mount from a copied context needs the copy before the stage container
+        // starts: an init container that copies the context only.
+        let binds = "FROM busybox\nRUN --mount=type=bind,source=a.txt,target=/a true\n";
+        let (pod, _) = pod_for(binds, &inline, Binary::Installed("k1"));
+        let init = &pod["initContainers"][0];
+        let prepare: Vec<String> = serde_json::from_value(init["command"].clone()).unwrap();
+        assert!(!prepare.contains(&"--binary-to".to_string()), "{prepare:?}");
+        assert!(
+            prepare.contains(&"--context-from".to_string()),
+            "{prepare:?}"
+        );
+        assert_eq!(init["securityContext"]["runAsUser"], 65532);
+        assert_eq!(pod["containers"][0]["command"].as_array().unwrap().len(), 4);
+
+        // ... but not when the context is on the cache volume already.
+        let fetched = ContextSource::Cache("builds/u-1/context".into());
+        let (pod, _) = pod_for(binds, &fetched, Binary::Installed("k1"));
+        assert!(pod.get("initContainers").is_none(), "{pod}");
+        assert!(mount_at(&pod["containers"][0], SOURCE_DIR).is_null());
+
+        // Copied (no key): the emptyDir, as before.
+        let (pod, _) = pod_for(plain, &inline, Binary::Copied);
+        assert_eq!(
+            mount_at(&pod["initContainers"][0], BIN_DIR),
+            json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": false})
+        );
+    }
+
+    #[test]
     fn stage_pods_prefer_other_nodes_only_where_every_node_can_mount_the_cache() {
         let mounts = plan("FROM busybox\nRUN true\n");
         let (owner, job, spec) = (owner(), job(), spec());
@@ -1188,6 +1397,7 @@ mod tests {
                 defaults: &defaults,
                 host_users: None,
                 spread,
+                binary: Binary::Copied,
             })
             .unwrap();
             let labels = pod.metadata.labels.clone().unwrap();
@@ -1302,6 +1512,7 @@ mod tests {
             defaults: &BuilderDefaults::default(),
             host_users: None,
             spread: false,
+            binary: Binary::Copied,
         })
         .unwrap();
         assert_eq!(pod.metadata.name.as_deref(), Some("web-g3-s2-r2"));
@@ -1428,6 +1639,7 @@ mod tests {
             defaults: &BuilderDefaults::default(),
             host_users: None,
             spread: false,
+            binary: Binary::Copied,
         })
         .unwrap_err();
         assert_eq!(

@@ -217,6 +217,86 @@ fn latest_attempt<'p>(
         .find_map(|n| current.get(&owner.stage_attempt(i, n)).map(|p| (n, p)))
 }
 
+/// Whether a stage pod shows that its claim holds the binary at `bin/<key>`: it installed it
+/// and its init container ended well.
+fn installed_binary(pod: &Pod, key: &str) -> bool {
+    pod.annotations()
+        .get(pods::ANNOTATION_INSTALLS)
+        .map(String::as_str)
+        == Some(key)
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.init_container_statuses.as_ref())
+            .is_some_and(|statuses| {
+                !statuses.is_empty()
+                    && statuses.iter().all(|c| {
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .is_some_and(|t| t.exit_code == 0)
+                    })
+            })
+}
+
+/// Whether a stage pod without an init container could not start its container: what the
+/// binary on the cache volume being gone looks like (a new volume under the claim's old
+/// name, or someone removed `bin/`).
+fn binary_missing(pod: &Pod) -> bool {
+    let no_init = pod
+        .spec
+        .as_ref()
+        .is_none_or(|s| s.init_containers.as_ref().is_none_or(Vec::is_empty));
+    let not_started = |reason: Option<&str>| {
+        matches!(
+            reason,
+            Some(
+                "StartError" | "ContainerCannotRun" | "RunContainerError" | "CreateContainerError"
+            )
+        )
+    };
+    no_init
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref())
+            .any(|state| {
+                not_started(state.terminated.as_ref().and_then(|t| t.reason.as_deref()))
+                    || not_started(state.waiting.as_ref().and_then(|w| w.reason.as_deref()))
+            })
+}
+
+/// Keeps the controller's knowledge of which claims hold the binary up to date with what a
+/// build's pods show.
+fn note_binary(ctx: &Context, claim_key: &str, current: &BTreeMap<String, Pod>) {
+    let (Some(key), Ok(mut known)) = (ctx.settings.binary_key.as_deref(), ctx.binaries.lock())
+    else {
+        return;
+    };
+    if current.values().any(|p| installed_binary(p, key)) {
+        known.insert(claim_key.to_string());
+    }
+    // After the installs: a pod that could not start says more than one that installed
+    // before it.
+    if current.values().any(binary_missing) {
+        known.remove(claim_key);
+    }
+}
+
+/// Where the next stage pods on a claim get the binary from.
+fn binary_for<'k>(ctx: &'k Context, claim_key: &str) -> pods::Binary<'k> {
+    match ctx.settings.binary_key.as_deref() {
+        None => pods::Binary::Copied,
+        Some(key) if ctx.binaries.lock().is_ok_and(|k| k.contains(claim_key)) => {
+            pods::Binary::Installed(key)
+        }
+        Some(key) => pods::Binary::Install(key),
+    }
+}
+
 /// Drives the generation's stage pods; returns its state.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn drive(
@@ -237,6 +317,8 @@ pub(crate) async fn drive(
         move |source| Error::Apply { what, source }
     };
 
+    let claim_key = format!("{namespace}/{}", cache_claim(ctx, build));
+    note_binary(ctx, &claim_key, current);
     let mut needed: Vec<usize> = plan.waves.iter().flatten().copied().collect();
     needed.sort_unstable();
     let mut progress: BTreeMap<usize, Progress> = BTreeMap::new();
@@ -466,6 +548,7 @@ pub(crate) async fn drive(
         let dockerfile =
             Dockerfile::parse(dockerfile_text).map_err(|e| Error::Plan(e.to_string()))?;
         let context = ensure_context(&maps, build, &owner).await?;
+        let binary = binary_for(ctx, &claim_key);
         let mut resolved: BTreeMap<String, Resolved> = BTreeMap::new();
         for (n, i) in ready.into_iter().take(room).enumerate() {
             let (job, image, mounts) = stage_job(
@@ -520,6 +603,7 @@ pub(crate) async fn drive(
                 host_users,
                 spread: build.spec.cache.is_none()
                     && ctx.settings.cache_access_mode == "ReadWriteMany",
+                binary,
             });
             let (map, pod) = match made {
                 Ok(made) => made,
@@ -1561,6 +1645,84 @@ mod tests {
             Progress::Running
         ));
         assert!(pull_failure(&creating).is_none());
+    }
+
+    #[test]
+    fn a_claim_holds_the_binary_once_an_install_got_past_its_init_container_and_not_after_a_start_error()
+     {
+        let pod = |annotations: serde_json::Value,
+                   init: serde_json::Value,
+                   state: serde_json::Value|
+         -> Pod {
+            let init_specs: Vec<serde_json::Value> = init
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|_| serde_json::json!({"name": "prepare"}))
+                .collect();
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "b-g1-s0", "annotations": annotations},
+                "spec": {"containers": [{"name": "stage"}], "initContainers": init_specs},
+                "status": {"initContainerStatuses": init, "containerStatuses": [{
+                    "name": "stage", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 0, "state": state}]}
+            }))
+            .unwrap()
+        };
+        let init_status = |state: serde_json::Value| {
+            serde_json::json!([{"name": "prepare", "image": "o", "imageID": "", "ready": false,
+                "restartCount": 0, "state": state}])
+        };
+        let installs = serde_json::json!({pods::ANNOTATION_INSTALLS: "k1"});
+        let done = serde_json::json!({"terminated": {"exitCode": 0}});
+        let running = serde_json::json!({"running": {}});
+        let waiting = serde_json::json!({"waiting": {"reason": "PodInitializing"}});
+
+        let installed = pod(installs.clone(), init_status(done.clone()), running.clone());
+        assert!(installed_binary(&installed, "k1"));
+        assert!(!installed_binary(&installed, "k2"), "another key");
+        let mid_install = pod(
+            installs.clone(),
+            init_status(running.clone()),
+            waiting.clone(),
+        );
+        assert!(!installed_binary(&mid_install, "k1"));
+        let failed = pod(
+            installs,
+            init_status(serde_json::json!({"terminated": {"exitCode": 1}})),
+            waiting,
+        );
+        assert!(!installed_binary(&failed, "k1"));
+        let copied = pod(serde_json::json!({}), init_status(done), running);
+        assert!(
+            !installed_binary(&copied, "k1"),
+            "an emptyDir copy installs nothing"
+        );
+
+        let start_error = serde_json::json!({"terminated": {"exitCode": 128, "reason": "StartError",
+            "message": "exec: \"/.stagecoach/bin/stagecoach\": no such file or directory"}});
+        let gone = pod(
+            serde_json::json!({}),
+            serde_json::json!([]),
+            start_error.clone(),
+        );
+        assert!(binary_missing(&gone));
+        // With an init container, the binary came from it, not from the claim.
+        let with_init = pod(
+            serde_json::json!({}),
+            init_status(serde_json::json!({"terminated": {"exitCode": 0}})),
+            start_error,
+        );
+        assert!(!binary_missing(&with_init));
+        let ran = pod(
+            serde_json::json!({}),
+            serde_json::json!([]),
+            serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}}),
+        );
+        assert!(
+            !binary_missing(&ran),
+            "a stage that ran and failed says nothing of the binary"
+        );
     }
 
     #[test]

@@ -107,6 +107,22 @@ fn parse_retention(text: &str) -> Result<Retention, stagecoach_api::InvalidTimeo
     stagecoach_api::parse_timeout(text).map(|d| Retention(Some(d)))
 }
 
+/// Names the operator image's binary on a cache volume (`bin/<key>`): a digest of the image
+/// reference the stage pods' init containers run and of this executable. A new image, or a
+/// tag moved to a new controller, is a new key, so a pod never runs an older stagecoach
+/// from the cache than the controller that made its job. `None` when this executable cannot
+/// be read: every stage pod then copies the binary in an init container.
+fn binary_key(operator_image: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut exe = std::fs::File::open(std::env::current_exe().ok()?).ok()?;
+    let mut hashing = stagecoach_oci::digest::HashingWriter::new(std::io::sink());
+    hashing.write_all(operator_image.as_bytes()).ok()?;
+    hashing.write_all(b"\n").ok()?;
+    std::io::copy(&mut exe, &mut hashing).ok()?;
+    let (_, digest, _) = hashing.finish();
+    Some(digest.hex().chars().take(32).collect())
+}
+
 /// Runs the controller until SIGTERM or SIGINT.
 pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError> {
     let settings = stagecoach_controller::Settings {
@@ -126,6 +142,7 @@ pub fn run(args: &ControllerArgs) -> Result<(), stagecoach_controller::RunError>
         },
         max_context_bytes: Some(args.max_context_size),
         unreachable_registry_timeout: args.unreachable_registry_timeout,
+        binary_key: binary_key(&args.operator_image),
         cache_gc: stagecoach_controller::gc::GcSettings {
             interval: args.cache_gc_interval.0,
             max_age: args.cache_max_age,

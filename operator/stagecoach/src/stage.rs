@@ -30,6 +30,14 @@ pub struct StageArgs {
     /// Where the result goes, within 4 KiB: the container's termination message.
     #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
     termination_log: PathBuf,
+    /// A projected volume (ConfigMap) holding the build context's files, copied into
+    /// `--context-to` before the job starts: what the init container does in a pod that has
+    /// one.
+    #[arg(long, value_name = "DIR", requires = "context_to")]
+    context_from: Option<PathBuf>,
+    /// Where the context's plain copy goes.
+    #[arg(long, value_name = "DIR", requires = "context_from")]
+    context_to: Option<PathBuf>,
 }
 
 /// Runs `stagecoach stage`; returns the process exit code.
@@ -40,7 +48,17 @@ pub fn run(args: &StageArgs) -> u8 {
             let code = reason.exit_code().map_or(2, |c| c.code());
             (StageResult::failed_early(reason, code, message), None)
         }
-        Ok(job) => (run_one(&job), job.result.clone()),
+        Ok(job) => match copy_context(args) {
+            Ok(()) => (run_one(&job), job.result.clone()),
+            Err(message) => {
+                let reason = StageReason::IoFailed;
+                let code = reason.exit_code().map_or(3, |c| c.code());
+                (
+                    StageResult::failed_early(reason, code, message),
+                    job.result.clone(),
+                )
+            }
+        },
     };
     let full = serde_json::to_vec(&result).unwrap_or_default();
     if let Some(path) = &full_path
@@ -81,6 +99,22 @@ pub fn run(args: &StageArgs) -> u8 {
         ),
     }
     u8::try_from(result.exit_code).unwrap_or(3)
+}
+
+/// The context's plain copy, when the pod has no init container to make it.
+fn copy_context(args: &StageArgs) -> Result<(), String> {
+    let (Some(from), Some(to)) = (&args.context_from, &args.context_to) else {
+        return Ok(());
+    };
+    let n = stagecoach_builder::context::copy_projected(from, to).map_err(|e| {
+        format!(
+            "cannot copy the build context from {} to {}: {e}",
+            from.display(),
+            to.display()
+        )
+    })?;
+    tracing::info!("[stage] {n} context files in {}", to.display());
+    Ok(())
 }
 
 fn reason_text(result: &StageResult) -> &'static str {
@@ -238,13 +272,14 @@ pub fn exec_step(args: &[std::ffi::OsString]) -> u8 {
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Arguments of `stagecoach prepare`, a builder pod's init container (in the operator image):
-/// it copies this static binary to where the stage container runs it from, and the build
-/// context from its projected volume into a plain directory.
+/// it copies this static binary to where the stage container runs it from (an emptyDir, or
+/// `bin/<key>` on the cache volume, where later pods run it without an init container), and
+/// the build context from its projected volume into a plain directory.
 #[derive(Debug, clap::Args)]
 pub struct PrepareArgs {
     /// Copy this executable into DIR (as DIR/stagecoach).
     #[arg(long, value_name = "DIR")]
-    binary_to: PathBuf,
+    binary_to: Option<PathBuf>,
     /// A projected volume (ConfigMap) holding the build context's files.
     #[arg(long, value_name = "DIR", requires = "context_to")]
     context_from: Option<PathBuf>,
@@ -255,17 +290,8 @@ pub struct PrepareArgs {
 
 /// Runs `stagecoach prepare`.
 pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let exe = std::env::current_exe()?;
-    std::fs::create_dir_all(&args.binary_to)?;
-    let dest = args.binary_to.join("stagecoach");
-    std::fs::copy(&exe, &dest)?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    // The stage pulls COPY --from images over TLS, and a base image need not carry CA
-    // certificates: the operator image's go along (the pod points SSL_CERT_FILE at them).
-    let bundle = Path::new(CA_BUNDLE);
-    if bundle.exists() {
-        std::fs::copy(bundle, args.binary_to.join("ca-certificates.crt"))?;
+    if let Some(dir) = &args.binary_to {
+        install_binary(dir)?;
     }
     if let (Some(from), Some(to)) = (&args.context_from, &args.context_to) {
         let n = stagecoach_builder::context::copy_projected(from, to)?;
@@ -274,6 +300,28 @@ pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
         std::fs::create_dir_all(to)?;
     }
     Ok(())
+}
+
+/// Puts this executable and the CA certificates into `dir`. Each file is written beside its
+/// name and renamed over it: on the cache volume, a pod may start running the binary while
+/// another installs the same one again.
+fn install_binary(dir: &Path) -> Result<(), std::io::Error> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let put = |from: &Path, name: &str, mode: u32| -> Result<(), std::io::Error> {
+        let staging = dir.join(format!(".{name}.{}", std::process::id()));
+        std::fs::copy(from, &staging)?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+        std::fs::File::open(&staging)?.sync_all()?;
+        std::fs::rename(&staging, dir.join(name))
+    };
+    // The stage pulls COPY --from images over TLS, and a base image need not carry CA
+    // certificates: the operator image's go along (the pod points SSL_CERT_FILE at them).
+    let bundle = Path::new(CA_BUNDLE);
+    if bundle.exists() {
+        put(bundle, "ca-certificates.crt", 0o644)?;
+    }
+    put(&std::env::current_exe()?, "stagecoach", 0o755)
 }
 
 #[cfg(test)]
