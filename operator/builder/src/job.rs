@@ -267,10 +267,11 @@ pub fn run_job(
     if outcome.error.is_none()
         && let Some(dest) = &job.export
     {
+        let paths = job.export_paths.as_deref();
         if job.export_shared {
-            export_shared(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+            export_shared(&job.root, dest, &job.options.own_dirs, &job.cache, paths)?;
         } else {
-            export_root(&job.root, dest, &job.options.own_dirs, &job.cache)?;
+            export_root(&job.root, dest, &job.options.own_dirs, &job.cache, paths)?;
         }
     }
     Ok(outcome)
@@ -291,13 +292,14 @@ pub fn export_shared(
     dest: &Path,
     own_dirs: &[PathBuf],
     cache: &Path,
+    paths: Option<&[String]>,
 ) -> Result<(), JobError> {
     let done = export_done(dest);
     if done.exists() {
         crate::gc::touch(&done);
         return Ok(());
     }
-    write_export(root, dest, own_dirs, cache, false)?;
+    write_export(root, dest, own_dirs, cache, paths, false)?;
     std::fs::File::create(&done).map_err(|e| JobError::Export {
         path: dest.to_owned(),
         message: format!("create {}: {e}", done.display()),
@@ -309,14 +311,30 @@ pub fn export_shared(
 /// renamed into place), as a tar stream from one thread into the layer applier on this one:
 /// owners, modes, links, hard links and xattrs come along, and mount points, the contents of
 /// `/proc`, `/sys`, `/dev` and `own_dirs` stay behind (the snapshot's own exclusions). The
-/// cache volume is a mount point, so `dest` itself is never walked.
+/// cache volume is a mount point, so `dest` itself is never walked. With `paths`, only those
+/// (relative to the root, each a file or a directory) and the directories above them.
 pub fn export_root(
     root: &Path,
     dest: &Path,
     own_dirs: &[PathBuf],
     cache: &Path,
+    paths: Option<&[String]>,
 ) -> Result<(), JobError> {
-    write_export(root, dest, own_dirs, cache, true)
+    write_export(root, dest, own_dirs, cache, paths, true)
+}
+
+/// `paths`, unless one of them goes through a symbolic link in the root: a reader resolves
+/// the link inside the export, where its target may not be, so then the whole root goes.
+fn plain_paths<'p>(root: &Path, paths: Option<&'p [String]>) -> Option<&'p [String]> {
+    let paths = paths?;
+    let through_link = paths.iter().any(|path| {
+        let mut at = root.to_path_buf();
+        Path::new(path).components().any(|c| {
+            at.push(c);
+            std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink())
+        })
+    });
+    (!through_link).then_some(paths)
 }
 
 /// Writes the export beside `dest` and renames it into place: over an older one when
@@ -326,6 +344,7 @@ fn write_export(
     dest: &Path,
     own_dirs: &[PathBuf],
     cache: &Path,
+    paths: Option<&[String]>,
     replace: bool,
 ) -> Result<(), JobError> {
     let err = |message: String| JobError::Export {
@@ -337,9 +356,19 @@ fn write_export(
     let options = crate::snapshot::SnapshotOptions::for_root(root, &exclude)
         .map_err(|e| err(e.to_string()))?;
     let walk = crate::snapshot::Snapshot::take(root, &options).map_err(|e| err(e.to_string()))?;
+    let paths = plain_paths(root, paths);
+    let wanted = |entry: &Path| {
+        paths.is_none_or(|paths| {
+            paths.iter().map(Path::new).any(|want| {
+                // Under a wanted path, or a directory above one.
+                entry.starts_with(want) || want.starts_with(entry)
+            })
+        })
+    };
     let changes: Vec<stagecoach_oci::layer::Change> = walk
         .entries
         .iter()
+        .filter(|e| wanted(&e.path))
         .map(|e| stagecoach_oci::layer::Change::Write(e.path.clone()))
         .collect();
     let parent = dest
@@ -519,17 +548,17 @@ mod tests {
         let dest = cache.join("exports/abc/rootfs");
         // The kubelet makes a missing sub-path as an empty directory: it is no export.
         std::fs::create_dir_all(&dest).unwrap();
-        export_shared(&root, &dest, &[], &cache).unwrap();
+        export_shared(&root, &dest, &[], &cache, None).unwrap();
         assert_eq!(std::fs::read(dest.join("etc/first")).unwrap(), b"1");
         assert!(export_done(&dest).exists());
         // A second pod with the same stage inputs keeps the complete one.
         std::fs::write(root.join("etc/second"), b"2").unwrap();
-        export_shared(&root, &dest, &[], &cache).unwrap();
+        export_shared(&root, &dest, &[], &cache, None).unwrap();
         assert!(!dest.join("etc/second").exists());
         // One that lost the race to rename (a whole copy got there, no done file yet) keeps
         // that copy and leaves no staging directory behind.
         std::fs::remove_file(export_done(&dest)).unwrap();
-        export_shared(&root, &dest, &[], &cache).unwrap();
+        export_shared(&root, &dest, &[], &cache, None).unwrap();
         assert!(!dest.join("etc/second").exists() && export_done(&dest).exists());
         let left: Vec<_> = std::fs::read_dir(cache.join("exports/abc"))
             .unwrap()
@@ -538,9 +567,84 @@ mod tests {
         assert_eq!(left.len(), 2, "{left:?}");
         // A per-build export is replaced as a whole.
         let own = cache.join("builds/u/stages/0/rootfs");
-        export_root(&root, &own, &[], &cache).unwrap();
+        export_root(&root, &own, &[], &cache, None).unwrap();
         std::fs::remove_file(root.join("etc/first")).unwrap();
-        export_root(&root, &own, &[], &cache).unwrap();
+        export_root(&root, &own, &[], &cache, None).unwrap();
         assert!(!own.join("etc/first").exists() && own.join("etc/second").exists());
+    }
+
+    #[test]
+    fn an_export_holds_only_the_paths_its_readers_take_unless_one_goes_through_a_link() {
+        use std::os::unix::fs::{PermissionsExt as _, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let root = dir.path().join("root");
+        for d in ["out/sub", "output", "usr/lib", "data"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::set_permissions(root.join("out"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        for f in [
+            "out/server",
+            "out/sub/x",
+            "output/not",
+            "usr/lib/big",
+            "data/real",
+        ] {
+            std::fs::write(root.join(f), f).unwrap();
+        }
+        symlink("data", root.join("link")).unwrap();
+        let files = |dest: &Path| {
+            let mut found: Vec<String> = walkdir(dest);
+            found.sort();
+            found
+        };
+
+        let dest = cache.join("exports/a/rootfs");
+        let paths = ["out".to_string(), "usr/lib/big".to_string()];
+        export_shared(&root, &dest, &[], &cache, Some(&paths)).unwrap();
+        assert_eq!(
+            files(&dest),
+            [
+                "out",
+                "out/server",
+                "out/sub",
+                "out/sub/x",
+                "usr",
+                "usr/lib",
+                "usr/lib/big"
+            ]
+        );
+        // The directories come with their own metadata.
+        let mode = std::fs::metadata(dest.join("out"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o750);
+
+        // A path through a link: the whole root.
+        let dest = cache.join("exports/b/rootfs");
+        let through = ["link/real".to_string()];
+        export_root(&root, &dest, &[], &cache, Some(&through)).unwrap();
+        assert!(dest.join("output/not").exists() && dest.join("data/real").exists());
+    }
+
+    fn walkdir(base: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![base.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                out.push(
+                    path.strip_prefix(base)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+                if path.is_dir() && !path.is_symlink() {
+                    stack.push(path);
+                }
+            }
+        }
+        out
     }
 }

@@ -1053,6 +1053,7 @@ mod tests {
             options: JobOptions::default(),
             export: None,
             export_shared: false,
+            export_paths: None,
             result: None,
             cache_mounts: Vec::new(),
             wait_for: Vec::new(),

@@ -29,7 +29,7 @@ use stagecoach_dockerfile::planner::{Base, Plan};
 /// Bumped when what the executor makes of the same inputs changes, or what the inputs cover
 /// (2: where the images go is no longer one; 3: stage inputs cover only the context files a
 /// stage reads).
-const INPUTS_VERSION: u32 = 3;
+const INPUTS_VERSION: u32 = 4;
 
 /// What the inputs digest is taken over.
 #[derive(Serialize)]
@@ -308,6 +308,82 @@ fn context_reads(stage: &stagecoach_dockerfile::instructions::Stage) -> Option<V
         reads.push(path);
     }
     Some(reads)
+}
+
+/// The paths of stage `j`'s root that the plan's needed stages read through `COPY --from`
+/// or a `RUN --mount` with `from`, each a file or a directory relative to the root, sorted;
+/// `None` when one of them may read anything (the whole root, a wildcard, a variable, a
+/// path that is not plain) or runs `ONBUILD` triggers of a parent stage. The stage exports
+/// only these paths: a `FROM` child stacks the stage's layers instead, and the rest of a
+/// root is often the larger part (a compiler image whose one binary the next stage copies).
+/// A base image's `ONBUILD` triggers that copy from a stage of this Dockerfile are not seen.
+pub fn export_paths(dockerfile: &Dockerfile, plan: &Plan, j: usize) -> Option<Vec<String>> {
+    use stagecoach_dockerfile::planner::stage_named;
+    let mut sources: Vec<&str> = Vec::new();
+    for &k in plan.waves.iter().flatten() {
+        if !plan.stages[k].depends_on.contains(&j) {
+            continue;
+        }
+        let stage = dockerfile.stages.get(k)?;
+        if let Base::Stage(p) = plan.stages[k].base
+            && dockerfile.stages.get(p).is_none_or(|parent| {
+                parent
+                    .instructions
+                    .iter()
+                    .any(|l| matches!(l.instruction, Instruction::Onbuild { .. }))
+            })
+        {
+            return None;
+        }
+        let names_j = |from: &Option<String>| {
+            from.as_deref()
+                .is_some_and(|f| stage_named(dockerfile, k, f) == Some(j))
+        };
+        for located in &stage.instructions {
+            match &located.instruction {
+                Instruction::Copy(c) if names_j(&c.from) => {
+                    sources.extend(c.transfer.sources.iter().map(String::as_str));
+                }
+                Instruction::Run(r) => {
+                    for m in r.mounts.iter().filter(|m| names_j(&m.from)) {
+                        sources.push(m.source.as_deref().unwrap_or("."));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut paths: Vec<String> = Vec::new();
+    for source in sources {
+        if source.contains(['*', '?', '[', '$', '\\']) {
+            return None;
+        }
+        let path = normal_path(source);
+        if path.is_empty()
+            || path
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return None;
+        }
+        paths.push(path);
+    }
+    paths.sort();
+    paths.dedup();
+    Some(paths)
+}
+
+/// A stage's inputs with the paths its readers take folded in, when they take only some:
+/// its export then holds only those paths, so another build's export of the same stage is
+/// the same files only if its readers took the same paths.
+pub fn with_export_paths(inputs: &str, paths: Option<&[String]>) -> String {
+    match paths {
+        Some(paths) if !paths.is_empty() => {
+            let text = format!("{inputs}\nexports {}", paths.join("\n"));
+            stagecoach_protocol::Digest::of_bytes(text.as_bytes()).to_string()
+        }
+        _ => inputs.to_string(),
+    }
 }
 
 /// The identity of what a stage reads of the context: `Some(None)` when it reads nothing,
@@ -613,8 +689,14 @@ pub(crate) async fn decide(
             }
         }
     }
+    let mut stage_keys = stage_inputs(&build.spec, &parsed, plan, context, &images, &onbuild);
+    for (j, key) in stage_keys.iter_mut().enumerate() {
+        if let Some(k) = key {
+            *k = with_export_paths(k, export_paths(&parsed, plan, j).as_deref());
+        }
+    }
     let mut decision = Decision {
-        stage_inputs: stage_inputs(&build.spec, &parsed, plan, context, &images, &onbuild),
+        stage_inputs: stage_keys,
         fresh: true,
         ..Decision::default()
     };
@@ -1041,6 +1123,60 @@ mod tests {
         let url = keys(&with("{}"), &url, &ctx1, "aa");
         assert_eq!((url[0].is_none(), url[3].is_none()), (true, true));
         assert_eq!(url[2], first[2]);
+    }
+
+    #[test]
+    fn a_stage_exports_only_what_its_readers_take_and_its_key_says_which() {
+        let spec = spec(r#"{"source":{"inline":{}},"image":"r/app:1"}"#);
+        let paths = |text: &str, j: usize| {
+            let plan = crate::validate::plan_dockerfile(&spec, text).unwrap();
+            let parsed = Dockerfile::parse(text).unwrap();
+            export_paths(&parsed, &plan, j)
+        };
+        let head = "FROM golang AS build\nRUN go build -o /out/server .\nFROM busybox AS tools\nRUN true\n";
+        // Two readers, by name and by index, and a bind mount: their paths, sorted, once.
+        let text = format!(
+            "{head}FROM scratch AS app\nCOPY --from=build /out/server /server\nCOPY --from=0 ./etc/ssl/ /ssl\n\
+             FROM busybox AS test\nRUN --mount=type=bind,from=BUILD,source=/out/server,target=/s /s -test\n\
+             FROM scratch\nCOPY --from=app /server /\nCOPY --from=test /etc/hostname /h\n"
+        );
+        assert_eq!(
+            paths(&text, 0),
+            Some(vec!["etc/ssl".to_string(), "out/server".to_string()])
+        );
+        // Nothing reads `tools` here (not needed), and the last stage is read by no one.
+        assert_eq!(paths(&text, 1), Some(vec![]));
+        assert_eq!(paths(&text, 4), Some(vec![]));
+        // Anything that may read more: the whole root.
+        for reader in [
+            "COPY --from=build /out/*.so /lib/",
+            "COPY --from=build /out/$NAME /x",
+            "COPY --from=build / /all",
+            "COPY --from=build . /all",
+            "COPY --from=build /out/../etc /x",
+            "RUN --mount=type=bind,from=build,target=/b true",
+        ] {
+            let text = format!("{head}FROM busybox\nCOPY --from=build /out/server /s\n{reader}\n");
+            assert_eq!(paths(&text, 0), None, "{reader}");
+        }
+        // A child that starts FROM the stage stacks its layers: it takes no path.
+        let text = format!("{head}FROM build\nRUN true\n");
+        assert_eq!(paths(&text, 0), Some(vec![]));
+        // A reader whose parent has ONBUILD triggers: the whole root.
+        let text = "FROM golang AS build\nRUN true\nFROM busybox AS base\nONBUILD COPY --from=build / /\n\
+                    FROM base\nCOPY --from=build /out /out\n";
+        assert_eq!(paths(text, 0), None);
+
+        // The key: the inputs alone for the whole root or no reader; else a digest that
+        // changes with the paths.
+        let some = ["out/server".to_string()];
+        let other = ["out".to_string()];
+        assert_eq!(with_export_paths("sha256:1", None), "sha256:1");
+        assert_eq!(with_export_paths("sha256:1", Some(&[])), "sha256:1");
+        let a = with_export_paths("sha256:1", Some(&some));
+        assert!(a.starts_with("sha256:") && a != "sha256:1");
+        assert_ne!(a, with_export_paths("sha256:1", Some(&other)));
+        assert_ne!(a, with_export_paths("sha256:2", Some(&some)));
     }
 
     #[test]

@@ -1568,6 +1568,12 @@ async fn stage_job(
         export: exported
             .then(|| std::path::Path::new(CACHE_DIR).join(export_sub_path(owner, i, shared).0)),
         export_shared: exported && export_sub_path(owner, i, shared).1,
+        // The same paths its inputs fold in (`reuse::with_export_paths`): the export's name
+        // says what it holds.
+        export_paths: exported
+            .then(|| crate::reuse::export_paths(dockerfile, plan, i))
+            .flatten()
+            .filter(|paths| !paths.is_empty()),
         result: Some(result_path(owner, i)),
         cache_mounts: mounts
             .iter()

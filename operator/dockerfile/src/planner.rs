@@ -449,6 +449,16 @@ fn plan_stage(
 }
 
 /// Resolves a `--from` value: a stage name, a stage index, or else an image reference.
+/// The stage a `--from` of stage `stage` names, if it names an earlier stage (not an
+/// image), as the plan resolves it.
+pub fn stage_named(dockerfile: &Dockerfile, stage: usize, from: &str) -> Option<usize> {
+    let stage = dockerfile.stages.get(stage)?;
+    match reference(dockerfile, stage, from, 0) {
+        Ok(Reference::Stage(i)) => Some(i),
+        _ => None,
+    }
+}
+
 fn reference(
     dockerfile: &Dockerfile,
     stage: &Stage,

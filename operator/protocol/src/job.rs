@@ -73,6 +73,11 @@ pub struct StageJob {
     /// not replaced, and is marked used; else it is written and `done` created after it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub export_shared: bool,
+    /// Only these paths of the root go into the export (each relative to the root, a file
+    /// or a directory, with the directories above it): what the stages that read this one
+    /// take. `None`: the whole root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_paths: Option<Vec<String>>,
     /// Where the full result goes (a file on the cache volume); the termination message
     /// gets the 4 KiB version.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -324,6 +324,7 @@ fn jobs_round_trip_and_refuse_other_versions() {
         options: Default::default(),
         export: None,
         export_shared: false,
+        export_paths: None,
         result: None,
         cache_mounts: Vec::new(),
         wait_for: Vec::new(),

@@ -309,7 +309,13 @@ fn install_binary(dir: &Path) -> Result<(), std::io::Error> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;
     let put = |from: &Path, name: &str, mode: u32| -> Result<(), std::io::Error> {
-        let staging = dir.join(format!(".{name}.{}", std::process::id()));
+        // Each init container is PID 1 of its own: the pod's name (its hostname) and the
+        // time tell two installing pods' files apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        let staging = dir.join(format!(".{name}.{host}.{}.{nanos}", std::process::id()));
         std::fs::copy(from, &staging)?;
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
         std::fs::File::open(&staging)?.sync_all()?;
@@ -353,6 +359,7 @@ mod tests {
             options: JobOptions::default(),
             export: None,
             export_shared: false,
+            export_paths: None,
             result: None,
             cache_mounts: vec![],
             wait_for: results

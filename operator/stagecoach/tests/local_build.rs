@@ -684,6 +684,7 @@ fn a_stage_chain_run_in_place_in_baseline_containers_equals_stagecoach_build() {
         options: JobOptions::default(),
         export: None,
         export_shared: false,
+        export_paths: None,
         result: Some(
             CacheLayout::new(common::POD_CACHE)
                 .build_stage("b", stage)

@@ -68,6 +68,7 @@ fn job(stage: usize, label: &str, root: &Path, cache: &Path) -> StageJob {
         },
         export: None,
         export_shared: false,
+        export_paths: None,
         result: None,
         cache_mounts: Vec::new(),
         wait_for: Vec::new(),

@@ -446,6 +446,7 @@ impl LocalBuild<'_> {
             },
             export: None,
             export_shared: false,
+            export_paths: None,
             result: None,
             cache_mounts: Vec::new(),
             wait_for: Vec::new(),
