@@ -631,8 +631,20 @@ async fn run_or_reuse(
                 .copied()
                 .collect()
         };
+        // From the whole plan, as decide() folded them into the inputs: a taken target's
+        // paths too, so that an export holds what its name says.
+        let parsed = stagecoach_dockerfile::Dockerfile::parse(text).ok();
+        let export_paths = (0..plan.stages.len())
+            .map(|j| {
+                parsed
+                    .as_ref()
+                    .and_then(|d| reuse::export_paths(d, plan, j))
+                    .filter(|paths| !paths.is_empty())
+            })
+            .collect::<Vec<_>>();
         let shared = run::Shared {
             inputs: &decision.stage_inputs,
+            export_paths: &export_paths,
             cached: free,
         };
         match run::drive(

@@ -403,6 +403,7 @@ pub(crate) async fn drive(
     });
     let shared = &Shared {
         inputs: shared.inputs,
+        export_paths: shared.export_paths,
         cached: if gone.is_some() {
             BTreeSet::new()
         } else {
@@ -1000,6 +1001,9 @@ pub(crate) fn context_sub_path(owner: &Owner) -> String {
 #[derive(Debug, Default)]
 pub(crate) struct Shared<'a> {
     pub inputs: &'a [Option<String>],
+    /// What each stage's export holds (`None`: the whole root), by stage index: the paths
+    /// its readers in the whole plan take, which `inputs` fold in.
+    pub export_paths: &'a [Option<Vec<String>>],
     pub cached: BTreeSet<usize>,
 }
 
@@ -1571,9 +1575,8 @@ async fn stage_job(
         // The same paths its inputs fold in (`reuse::with_export_paths`): the export's name
         // says what it holds.
         export_paths: exported
-            .then(|| crate::reuse::export_paths(dockerfile, plan, i))
-            .flatten()
-            .filter(|paths| !paths.is_empty()),
+            .then(|| shared.export_paths.get(i).cloned().flatten())
+            .flatten(),
         result: Some(result_path(owner, i)),
         cache_mounts: mounts
             .iter()
