@@ -258,6 +258,21 @@ fn normal_path(path: &str) -> String {
     }
 }
 
+/// A source as a plain relative path (`/a/b/` and `./a/b` are `a/b`), or `None` when it may
+/// name more than one path: a wildcard, a variable, an escape, the root, an empty, `.` or
+/// `..` part.
+fn plain_path(source: &str) -> Option<String> {
+    if source.contains(['*', '?', '[', '$', '\\']) {
+        return None;
+    }
+    let path = normal_path(source);
+    let plain = !path.is_empty()
+        && path
+            .split('/')
+            .all(|c| !(c.is_empty() || c == "." || c == ".."));
+    plain.then_some(path)
+}
+
 /// The context paths a stage may read (each a file or a directory), or `None` when it may
 /// read anything (`.`, a wildcard, a variable) or `Some(empty)` when it reads nothing: every
 /// `COPY` without `--from`, `ADD` of a local source, and `RUN --mount=type=bind` without
@@ -293,19 +308,8 @@ fn context_reads(stage: &stagecoach_dockerfile::instructions::Stage) -> Option<V
         if source.starts_with("<<") {
             continue;
         }
-        if source.contains(['*', '?', '[', '$', '\\']) {
-            return None;
-        }
-        let path = normal_path(source);
         // Only plain paths are matched against the files; anything else reads everything.
-        if path.is_empty()
-            || path
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return None;
-        }
-        reads.push(path);
+        reads.push(plain_path(source)?);
     }
     Some(reads)
 }
@@ -353,21 +357,10 @@ pub fn export_paths(dockerfile: &Dockerfile, plan: &Plan, j: usize) -> Option<Ve
             }
         }
     }
-    let mut paths: Vec<String> = Vec::new();
-    for source in sources {
-        if source.contains(['*', '?', '[', '$', '\\']) {
-            return None;
-        }
-        let path = normal_path(source);
-        if path.is_empty()
-            || path
-                .split('/')
-                .any(|c| c.is_empty() || c == "." || c == "..")
-        {
-            return None;
-        }
-        paths.push(path);
-    }
+    let mut paths = sources
+        .into_iter()
+        .map(plain_path)
+        .collect::<Option<Vec<String>>>()?;
     paths.sort();
     paths.dedup();
     Some(paths)
