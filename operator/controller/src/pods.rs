@@ -24,6 +24,10 @@ use stagecoach_protocol::layout::escape_id;
 
 /// Where the stage container finds the binary, its job and the context.
 pub const BIN_DIR: &str = "/.stagecoach/bin";
+/// Where an installing init container sees `bin/<key>` of the cache volume.
+pub const INSTALL_DIR: &str = "/.stagecoach/install";
+/// What an init container's termination message says when it installed the binary.
+pub const INSTALLED: &str = "installed";
 /// The job's directory (a ConfigMap volume).
 pub const SPEC_DIR: &str = "/.stagecoach/spec";
 /// The build context's plain copy (an emptyDir the init container, or the stage process
@@ -439,12 +443,16 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         json!({"name": "cache", "persistentVolumeClaim": {"claimName": input.cache_claim}}),
         json!({"name": "spec", "configMap": {"name": name}}),
     ];
+    // An installing pod runs its own copy too: the install may fail (a full cache volume),
+    // and the stage must still run to say why.
     let bin_mount = |read_only: bool| match input.binary {
-        Binary::Copied => json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": read_only}),
-        Binary::Install(key) | Binary::Installed(key) => json!({"name": "cache",
+        Binary::Copied | Binary::Install(_) => {
+            json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": read_only})
+        }
+        Binary::Installed(key) => json!({"name": "cache",
             "mountPath": BIN_DIR, "subPath": binary_sub_path(key), "readOnly": read_only}),
     };
-    if input.binary == Binary::Copied {
+    if !matches!(input.binary, Binary::Installed(_)) {
         volumes.insert(1, json!({"name": "bin", "emptyDir": {}}));
     }
     // The context: read-only where it already is on the cache volume, else a plain copy the
@@ -468,6 +476,11 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
     if !matches!(input.binary, Binary::Installed(_)) {
         init_mounts.push(bin_mount(false));
         prepare.extend(["--binary-to".to_string(), BIN_DIR.into()]);
+    }
+    if let Binary::Install(key) = input.binary {
+        init_mounts.push(json!({"name": "cache", "mountPath": INSTALL_DIR,
+            "subPath": binary_sub_path(key)}));
+        prepare.extend(["--install-to".to_string(), INSTALL_DIR.into()]);
     }
     // The stage process's own copy step, when the pod has no init container.
     let mut copy_args: Vec<String> = vec![];
@@ -1300,12 +1313,21 @@ mod tests {
         let plain = "FROM busybox\nCOPY a.txt /\nRUN true\n";
 
         // Installing: the init container writes bin/<key> on the cache volume as uid 0
-        // without capabilities, and the pod says which key it installs.
+        // without capabilities, and the pod says which key it installs; the pod runs its
+        // own copy, which does not depend on the install.
         let (pod, annotations) = pod_for(plain, &inline, Binary::Install("k1"));
         let init = &pod["initContainers"][0];
         assert_eq!(
-            mount_at(init, BIN_DIR),
-            json!({"name": "cache", "mountPath": BIN_DIR, "subPath": "bin/k1", "readOnly": false})
+            mount_at(init, INSTALL_DIR),
+            json!({"name": "cache", "mountPath": INSTALL_DIR, "subPath": "bin/k1"})
+        );
+        assert_eq!(mount_at(init, BIN_DIR)["name"], "bin");
+        let prepare: Vec<String> = serde_json::from_value(init["command"].clone()).unwrap();
+        assert!(
+            prepare
+                .windows(2)
+                .any(|w| w == ["--install-to", INSTALL_DIR]),
+            "{prepare:?}"
         );
         assert_eq!(init["securityContext"]["runAsUser"], 0);
         assert_eq!(
@@ -1316,7 +1338,10 @@ mod tests {
             annotations.get(ANNOTATION_INSTALLS).map(String::as_str),
             Some("k1")
         );
-        assert_eq!(mount_at(&pod["containers"][0], BIN_DIR)["readOnly"], true);
+        assert_eq!(
+            mount_at(&pod["containers"][0], BIN_DIR),
+            json!({"name": "bin", "mountPath": BIN_DIR, "readOnly": true})
+        );
 
         // Installed: no init container; the stage process copies the context itself from the
         // projected volume into the (writable) emptyDir.

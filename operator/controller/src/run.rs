@@ -217,8 +217,8 @@ fn latest_attempt<'p>(
         .find_map(|n| current.get(&owner.stage_attempt(i, n)).map(|p| (n, p)))
 }
 
-/// Whether a stage pod shows that its claim holds the binary at `bin/<key>`: it installed it
-/// and its init container ended well.
+/// Whether a stage pod shows that its claim holds the binary at `bin/<key>`: its init
+/// container (operator code only) installed it and said so in its termination message.
 fn installed_binary(pod: &Pod, key: &str) -> bool {
     pod.annotations()
         .get(pods::ANNOTATION_INSTALLS)
@@ -234,7 +234,9 @@ fn installed_binary(pod: &Pod, key: &str) -> bool {
                         c.state
                             .as_ref()
                             .and_then(|s| s.terminated.as_ref())
-                            .is_some_and(|t| t.exit_code == 0)
+                            .is_some_and(|t| {
+                                t.exit_code == 0 && t.message.as_deref() == Some(pods::INSTALLED)
+                            })
                     })
             })
 }
@@ -1683,7 +1685,7 @@ mod tests {
                 "restartCount": 0, "state": state}])
         };
         let installs = serde_json::json!({pods::ANNOTATION_INSTALLS: "k1"});
-        let done = serde_json::json!({"terminated": {"exitCode": 0}});
+        let done = serde_json::json!({"terminated": {"exitCode": 0, "message": pods::INSTALLED}});
         let running = serde_json::json!({"running": {}});
         let waiting = serde_json::json!({"waiting": {"reason": "PodInitializing"}});
 
@@ -1697,11 +1699,16 @@ mod tests {
         );
         assert!(!installed_binary(&mid_install, "k1"));
         let failed = pod(
-            installs,
+            installs.clone(),
             init_status(serde_json::json!({"terminated": {"exitCode": 1}})),
             waiting,
         );
         assert!(!installed_binary(&failed, "k1"));
+        // A full cache volume: the install failed, the pod ran its own copy.
+        let not = serde_json::json!({"terminated": {"exitCode": 0,
+            "message": "not installed: No space left on device (os error 28)"}});
+        let full = pod(installs.clone(), init_status(not), running.clone());
+        assert!(!installed_binary(&full, "k1"));
         let copied = pod(serde_json::json!({}), init_status(done), running);
         assert!(
             !installed_binary(&copied, "k1"),

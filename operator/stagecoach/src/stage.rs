@@ -280,6 +280,14 @@ pub struct PrepareArgs {
     /// Copy this executable into DIR (as DIR/stagecoach).
     #[arg(long, value_name = "DIR")]
     binary_to: Option<PathBuf>,
+    /// Also install this executable into DIR on the cache volume, for later pods; a failure
+    /// (a full volume) is said in the termination message, not fatal: the pod runs its own
+    /// copy from `--binary-to`.
+    #[arg(long, value_name = "DIR")]
+    install_to: Option<PathBuf>,
+    /// Where the outcome of `--install-to` goes: `installed`, or why not.
+    #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+    termination_log: PathBuf,
     /// A projected volume (ConfigMap) holding the build context's files.
     #[arg(long, value_name = "DIR", requires = "context_to")]
     context_from: Option<PathBuf>,
@@ -292,6 +300,24 @@ pub struct PrepareArgs {
 pub fn prepare(args: &PrepareArgs) -> Result<(), std::io::Error> {
     if let Some(dir) = &args.binary_to {
         install_binary(dir)?;
+    }
+    if let Some(dir) = &args.install_to {
+        let said = match install_binary(dir) {
+            Ok(()) => "installed".to_string(),
+            Err(e) => {
+                tracing::warn!(
+                    "[prepare] cannot install the binary in {}: {e}",
+                    dir.display()
+                );
+                format!("not installed: {e}")
+            }
+        };
+        if let Err(e) = std::fs::write(&args.termination_log, said) {
+            tracing::warn!(
+                "[prepare] cannot write {}: {e}",
+                args.termination_log.display()
+            );
+        }
     }
     if let (Some(from), Some(to)) = (&args.context_from, &args.context_to) {
         let n = stagecoach_builder::context::copy_projected(from, to)?;
