@@ -744,6 +744,38 @@ const PULL_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The image a pod's container cannot be started from, and the kubelet's words, while the
 /// kubelet fails to pull it.
+/// How long a stage pod's container may wait in an error the kubelet retries on its own
+/// (it could not be created or started) before the pod is given up for a new one.
+const CREATE_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The container of a pod that the kubelet could not create or start, and why.
+fn create_failure(pod: &Pod) -> Option<(String, String)> {
+    let status = pod.status.as_ref()?;
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .find_map(|c| {
+            let waiting = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            matches!(
+                reason,
+                "CreateContainerError"
+                    | "CreateContainerConfigError"
+                    | "RunContainerError"
+                    | "StartError"
+                    | "ContainerCannotRun"
+            )
+            .then(|| {
+                (
+                    c.name.clone(),
+                    format!("{reason}: {}", waiting.message.clone().unwrap_or_default()),
+                )
+            })
+        })
+}
+
 fn pull_failure(pod: &Pod) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
     status
@@ -1125,9 +1157,9 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
             kind: FailKind::Infrastructure,
         };
     }
-    if let Some((image, why)) = pull_failure(pod) {
-        // Counted from when the pod reached a node (pulls start there), not from its
-        // creation: a pod may wait long for a volume or room before its first pull.
+    // Counted from when the pod reached a node (pulls start there), not from its creation: a
+    // pod may wait long for a volume or room before its first pull.
+    let on_node = || {
         let since = status
             .conditions
             .iter()
@@ -1135,9 +1167,29 @@ fn pod_progress(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> Progress {
             .find(|c| c.type_ == "PodScheduled" && c.status == "True")
             .and_then(|c| c.last_transition_time.as_ref())
             .or(pod.metadata.creation_timestamp.as_ref());
-        let waited = since.map_or(std::time::Duration::ZERO, |t| {
+        since.map_or(std::time::Duration::ZERO, |t| {
             now.duration_since(t.0).unsigned_abs()
-        });
+        })
+    };
+    if let Some((container, why)) = create_failure(pod) {
+        // The kubelet keeps trying a container it could not create, and with restartPolicy
+        // Never the pod would wait there until the build's deadline: past a limit, a new pod.
+        let waited = on_node();
+        if waited > CREATE_GIVE_UP {
+            return Progress::Failed {
+                code: 255,
+                result: None,
+                message: format!(
+                    "the {container} container could not be started for {} s: {why}",
+                    waited.as_secs()
+                ),
+                kind: FailKind::Infrastructure,
+            };
+        }
+        return Progress::Running;
+    }
+    if let Some((image, why)) = pull_failure(pod) {
+        let waited = on_node();
         if waited > PULL_GIVE_UP {
             // Final: another pod on the same node would fail the same way.
             return Progress::Failed {
@@ -1739,6 +1791,29 @@ mod tests {
             !binary_missing(&ran),
             "a stage that ran and failed says nothing of the binary"
         );
+    }
+
+    #[test]
+    fn a_container_the_kubelet_cannot_create_gets_a_new_pod_after_the_limit() {
+        let created = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| created.checked_add(SignedDuration::from_secs(s)).unwrap();
+        for reason in [
+            "CreateContainerError",
+            "CreateContainerConfigError",
+            "RunContainerError",
+        ] {
+            let pod = pulling(reason, created);
+            assert!(
+                matches!(pod_progress(&pod, at(30)), Progress::Running),
+                "{reason}"
+            );
+            let (message, kind, _, _) = failure(pod_progress(&pod, at(61)));
+            assert_eq!(kind, FailKind::Infrastructure, "retried: {reason}");
+            assert!(
+                message.contains(reason) && message.contains("61 s"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
