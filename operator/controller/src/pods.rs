@@ -452,7 +452,9 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         Binary::Installed(key) => json!({"name": "cache",
             "mountPath": BIN_DIR, "subPath": binary_sub_path(key), "readOnly": read_only}),
     };
-    if !matches!(input.binary, Binary::Installed(_)) {
+    // Whether the init container copies the binary into the pod's own emptyDir.
+    let copies_binary = !matches!(input.binary, Binary::Installed(_));
+    if copies_binary {
         volumes.insert(1, json!({"name": "bin", "emptyDir": {}}));
     }
     // The context: read-only where it already is on the cache volume, else a plain copy the
@@ -469,11 +471,10 @@ pub fn stage_pod(input: &StagePod<'_>) -> Result<(ConfigMap, Pod), PodPlanError>
         .iter()
         .flat_map(|s| &s.mounts)
         .any(|m| matches!(m, MountNeed::Bind { from: None, .. }));
-    let init =
-        !matches!(input.binary, Binary::Installed(_)) || (cache_context.is_none() && binds_context);
+    let init = copies_binary || (cache_context.is_none() && binds_context);
     let mut init_mounts = vec![];
     let mut prepare = vec!["/stagecoach".to_string(), "prepare".into()];
-    if !matches!(input.binary, Binary::Installed(_)) {
+    if copies_binary {
         init_mounts.push(bin_mount(false));
         prepare.extend(["--binary-to".to_string(), BIN_DIR.into()]);
     }

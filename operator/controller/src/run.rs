@@ -249,14 +249,7 @@ fn binary_missing(pod: &Pod) -> bool {
         .spec
         .as_ref()
         .is_none_or(|s| s.init_containers.as_ref().is_none_or(Vec::is_empty));
-    let not_started = |reason: Option<&str>| {
-        matches!(
-            reason,
-            Some(
-                "StartError" | "ContainerCannotRun" | "RunContainerError" | "CreateContainerError"
-            )
-        )
-    };
+    let not_started = |reason: Option<&str>| reason.is_some_and(|r| NOT_STARTED.contains(&r));
     no_init
         && pod
             .status
@@ -748,8 +741,24 @@ const PULL_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(120);
 /// (it could not be created or started) before the pod is given up for a new one.
 const CREATE_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The container of a pod that the kubelet could not create or start, and why.
-fn create_failure(pod: &Pod) -> Option<(String, String)> {
+/// What the kubelet reports for a container it could not create or start.
+const NOT_STARTED: &[&str] = &[
+    "StartError",
+    "ContainerCannotRun",
+    "RunContainerError",
+    "CreateContainerError",
+];
+
+/// The first of a pod's containers (init containers first) waiting for one of `reasons`,
+/// with the reason and the kubelet's message.
+fn waiting_for<'p>(
+    pod: &'p Pod,
+    reasons: &[&str],
+) -> Option<(
+    &'p k8s_openapi::api::core::v1::ContainerStatus,
+    String,
+    String,
+)> {
     let status = pod.status.as_ref()?;
     status
         .init_container_statuses
@@ -759,38 +768,33 @@ fn create_failure(pod: &Pod) -> Option<(String, String)> {
         .find_map(|c| {
             let waiting = c.state.as_ref()?.waiting.as_ref()?;
             let reason = waiting.reason.as_deref()?;
-            matches!(
-                reason,
-                "CreateContainerError"
-                    | "CreateContainerConfigError"
-                    | "RunContainerError"
-                    | "StartError"
-                    | "ContainerCannotRun"
-            )
-            .then(|| {
+            reasons.contains(&reason).then(|| {
                 (
-                    c.name.clone(),
-                    format!("{reason}: {}", waiting.message.clone().unwrap_or_default()),
+                    c,
+                    reason.to_string(),
+                    waiting.message.clone().unwrap_or_default(),
                 )
             })
         })
 }
 
-fn pull_failure(pod: &Pod) -> Option<(String, String)> {
-    let status = pod.status.as_ref()?;
-    status
-        .init_container_statuses
+/// The container of a pod that the kubelet could not create or start, and why.
+fn create_failure(pod: &Pod) -> Option<(String, String)> {
+    let reasons: Vec<&str> = NOT_STARTED
         .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-        .find_map(|c| {
-            let waiting = c.state.as_ref()?.waiting.as_ref()?;
-            matches!(
-                waiting.reason.as_deref(),
-                Some("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")
-            )
-            .then(|| (c.image.clone(), waiting.message.clone().unwrap_or_default()))
-        })
+        .copied()
+        .chain(["CreateContainerConfigError"])
+        .collect();
+    waiting_for(pod, &reasons)
+        .map(|(c, reason, message)| (c.name.clone(), format!("{reason}: {message}")))
+}
+
+fn pull_failure(pod: &Pod) -> Option<(String, String)> {
+    waiting_for(
+        pod,
+        &["ErrImagePull", "ImagePullBackOff", "InvalidImageName"],
+    )
+    .map(|(c, _, message)| (c.image.clone(), message))
 }
 
 /// A stage's name as status and images give it: its name, or its index.
